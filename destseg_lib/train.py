@@ -1,0 +1,214 @@
+"""Two-stage training (DeSTSeg Sec. 3.4): stage 1 the denoising student, stage 2 the segmentation net.
+
+Determinism: the batch of step ``s`` is a pure function of (seed, s) — which images (an epoch-wise
+permutation), their rotation augmentation, Perlin mask, texture and opacity all come from
+``numpy.random.default_rng([seed, s, j])`` — and torch's RNG (ASPP dropout) is re-seeded from
+(seed, s) at every step.  So results do not depend on ``num_workers``, and resuming from a
+checkpoint at step ``s`` reaches the same final weights as an uninterrupted run with the same seed.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint
+from .config import DeSTSegConfig
+from .data import DatasetSplit, TrainImages, rotate_augment
+from .losses import cosine_loss, segmentation_loss
+from .models import DeSTSeg, cosine_distance_maps, segmentation_input
+from .synthesis import AnomalySynthesizer
+from .textures import make_texture_source
+
+# Fields that may differ between an interrupted run and its resumption.
+_RESUME_FREE = {"num_workers", "checkpoint_every", "cache_images", "amp"}
+
+
+class SyntheticBatches(torch.utils.data.Dataset):
+    """Item ``s`` is the whole batch of training step ``s``: (clean, anomalous, mask), each B x C x S x S."""
+
+    def __init__(self, images: TrainImages, synthesizer: AnomalySynthesizer, batch_size: int, seed: int,
+                 rotation: str = "none"):
+        if len(images) == 0:
+            raise ValueError("no training images: the train split is empty")
+        self.images, self.synth, self.batch_size = images, synthesizer, batch_size
+        self.seed, self.rotation = seed, rotation
+
+    def __len__(self) -> int:  # any step index is valid; the sampler decides which are drawn
+        return 2 ** 31 - 1
+
+    def indices(self, step: int) -> list[int]:
+        """Images of step ``step``: consecutive slices of per-epoch seeded permutations."""
+        n, out = len(self.images), []
+        for j in range(self.batch_size):
+            pos = step * self.batch_size + j
+            perm = np.random.default_rng([self.seed, 1, pos // n]).permutation(n)
+            out.append(int(perm[pos % n]))
+        return out
+
+    def __getitem__(self, step: int):
+        clean, aug, masks = [], [], []
+        for j, i in enumerate(self.indices(step)):
+            rng = np.random.default_rng([self.seed, 2, step, j])
+            img = rotate_augment(self.images[i], self.rotation, rng)
+            hwc = img.permute(1, 2, 0).numpy().astype(np.float32)
+            a, m = self.synth(hwc, rng)
+            clean.append(img)
+            aug.append(torch.from_numpy(a).permute(2, 0, 1))
+            masks.append(torch.from_numpy(m)[None])
+        return torch.stack(clean), torch.stack(aug), torch.stack(masks)
+
+
+def _step_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, 3, step]).generate_state(1)[0])
+
+
+def build_model(cfg: DeSTSegConfig) -> DeSTSeg:
+    """The model with seeded initial weights; torch's global RNG is left as it was."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return DeSTSeg.from_config(cfg)
+
+
+def make_optimizers(model: DeSTSeg, cfg: DeSTSegConfig):
+    """SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks, 0.01 seg head."""
+    kw = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    student = torch.optim.SGD(model.student.parameters(), lr=cfg.lr_student, **kw)
+    seg = torch.optim.SGD([{"params": model.segmentation.res.parameters(), "lr": cfg.lr_seg_res},
+                           {"params": model.segmentation.head.parameters(), "lr": cfg.lr_seg_head}], **kw)
+    return student, seg
+
+
+@dataclass
+class TrainResult:
+    model: DeSTSeg
+    history: list[dict]
+    checkpoint: Path
+    out_dir: Path
+    seconds: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def _grayscale(cfg: DeSTSegConfig, split: DatasetSplit) -> bool:
+    return split.grayscale if cfg.grayscale_textures is None else bool(cfg.grayscale_textures)
+
+
+def _write_log(history: list[dict], out_dir: Path) -> None:
+    if not history:
+        return
+    keys = sorted({k for h in history for k in h}, key=["step", "stage", "loss", "focal", "l1", "seconds"].index)
+    tmp = out_dir / "train_log.csv.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(history)
+    tmp.replace(out_dir / "train_log.csv")
+
+
+def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume: bool = False,
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+    """Train DeSTSeg on ``split.train`` with synthetic anomalies; write checkpoints and logs to ``out_dir``.
+
+    * ``out_dir/checkpoints/last.pt`` — every ``cfg.checkpoint_every`` steps and at the end of each
+      stage (atomic); ``resume=True`` continues from it.
+    * ``out_dir/model.pt`` — the final model; ``out_dir/train_log.csv`` — one row per step.
+    * ``stop_after`` — stop (after checkpointing) once this many steps are done: for tests and for
+      splitting a long run into sessions.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    out_dir = Path(out_dir)
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    last = out_dir / "checkpoints" / "last.pt"
+
+    model = build_model(cfg).to(device)
+    opt_student, opt_seg = make_optimizers(model, cfg)
+    start, history = 0, []
+    if resume and last.exists():
+        ckpt = read_checkpoint(last)
+        diff = {k for k, v in cfg.to_dict().items() if ckpt["config"].get(k) != v} - _RESUME_FREE
+        if diff:
+            raise ValueError(f"cannot resume from {last}: config differs in {sorted(diff)}; use the same "
+                             "config or a new out_dir")
+        model.load_state_dict(ckpt["model"])
+        opt_student.load_state_dict(ckpt["optim_student"])
+        opt_seg.load_state_dict(ckpt["optim_seg"])
+        start, history = ckpt["step"], ckpt["history"]
+
+    grayscale = _grayscale(cfg, split)
+    synth = AnomalySynthesizer.from_config(cfg, make_texture_source(cfg.texture_dir), grayscale)
+    images = TrainImages(split.train, cfg.image_size, cache=cfg.cache_images)
+    batches = SyntheticBatches(images, synth, cfg.batch_size, cfg.seed, split.rotation)
+    end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
+    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, end),
+                                         num_workers=cfg.num_workers,
+                                         persistent_workers=False, pin_memory=device.type == "cuda")
+    use_amp = cfg.amp and device.type == "cuda"
+
+    def save(step: int, path: Path, optimizers: bool = True) -> Path:
+        """Resumable checkpoints carry the optimisers' momentum (as large as the weights); the final
+        model does not."""
+        extra = {"optim_student": opt_student.state_dict(), "optim_seg": opt_seg.state_dict()} if optimizers else {}
+        return atomic_torch_save(make_checkpoint(
+            model, cfg, step=step, history=history, dataset=split.name, grayscale_textures=grayscale,
+            **extra), path)
+
+    t0 = time.perf_counter()
+    bar = tqdm(total=end - start, desc="train", disable=not progress, unit="step")
+    step = start
+    for step, (clean, aug, mask) in enumerate(loader, start=start):
+        torch.manual_seed(_step_seed(cfg.seed, step))
+        clean, aug, mask = (t.to(device, non_blocking=True) for t in (clean, aug, mask))
+        stage = 1 if step < cfg.student_steps else 2
+        model.student.train(stage == 1)
+        model.segmentation.train(stage == 2)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            if stage == 1:  # the teacher sees the clean image, the student the corrupted one (Eq. 3)
+                with torch.no_grad():
+                    t_feats = model.teacher(model.normalize(clean))
+                s_feats = model.student(model.normalize(aug))
+                maps = [m.float() for m in cosine_distance_maps(t_feats, s_feats)]
+            else:  # both frozen; both see the corrupted image (Eq. 2)
+                with torch.no_grad():
+                    t_feats, s_feats = model.features(aug)
+                probs = model.segmentation(segmentation_input(t_feats, s_feats, cfg.seg_input))
+        if stage == 1:
+            loss = cosine_loss(maps)
+            row = {"step": step, "stage": 1, "loss": loss.item()}
+            opt = opt_student
+        else:
+            parts = segmentation_loss(probs.float(), mask, cfg.focal_gamma)
+            loss = parts["loss"]
+            row = {"step": step, "stage": 2, "loss": loss.item(), "focal": parts["focal"].item(),
+                   "l1": parts["l1"].item()}
+            opt = opt_seg
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at step {step} (stage {stage}); "
+                                     "lower the learning rate or check the input images")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        history.append(row)
+        bar.update(1)
+        bar.set_postfix(stage=stage, loss=f"{row['loss']:.4f}")
+        done = step + 1
+        if done % cfg.checkpoint_every == 0 or done in (cfg.student_steps, end):
+            save(done, last)
+            _write_log(history, out_dir)
+    bar.close()
+    seconds = time.perf_counter() - t0
+    final = last
+    if end == cfg.total_steps:
+        final = save(cfg.total_steps, out_dir / "model.pt", optimizers=False)
+        _write_log(history, out_dir)
+        with open(out_dir / "config.json", "w") as f:
+            json.dump(cfg.to_dict(), f, indent=2)
+    model.eval()
+    return TrainResult(model, history, final, out_dir, seconds)

@@ -1,0 +1,151 @@
+"""Tests for data_download.sh with local file:// archives (no network)."""
+import hashlib
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "data_download.sh"
+pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("curl") is None,
+                                reason="needs bash and curl")
+
+
+def _sha(p):
+    return hashlib.sha256(Path(p).read_bytes()).hexdigest()
+
+
+def _tar(path, files, mode):
+    """files: {member name: bytes}; names ending in '/' are directories."""
+    with tarfile.open(path, mode) as tf:
+        for name, data in files.items():
+            ti = tarfile.TarInfo(name.rstrip("/"))
+            if name.endswith("/"):
+                ti.type, ti.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(ti)
+            else:
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def _zip(path, files):
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def _archives(d):
+    d.mkdir(exist_ok=True)
+    mvtec = _tar(d / "mvtec_anomaly_detection.tar.xz",
+                 {"bottle/train/good/000.png": b"png0", "bottle/test/good/000.png": b"t0",
+                  "readme.txt": b"MVTec"}, "w:xz")
+    dtd = _tar(d / "dtd-r1.0.1.tar.gz", {"dtd/": b"", "dtd/images/banded/banded_0001.jpg": b"j"},
+               "w:gz")
+    mtd = _zip(d / "master.zip", {"Magnetic-tile-defect-datasets.-master/MT_Free/Imgs/a.jpg": b"a",
+                                  "Magnetic-tile-defect-datasets.-master/README.md": b"r"})
+    return mvtec, dtd, mtd
+
+
+def _run(args, **env):
+    e = {k: v for k, v in os.environ.items() if not k.startswith("DESTSEG_")}
+    e["DESTSEG_PYTHON"] = sys.executable
+    e.update(env)
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], env=e, capture_output=True,
+                          text=True, timeout=60)
+
+
+def _env(mvtec_arc=None, dtd_arc=None, mtd_arc=None, **hashes):
+    env = {}
+    for name, p in (("MVTEC", mvtec_arc), ("DTD", dtd_arc), ("MTD", mtd_arc)):
+        if p is not None:
+            env[f"DESTSEG_{name}_URL"] = Path(p).as_uri()
+            env[f"DESTSEG_{name}_SHA256"] = hashes.get(name.lower(), _sha(p))
+    return env
+
+
+def test_success_then_idempotent(tmp_path):
+    mvtec, dtd, mtd = _archives(tmp_path / "src")
+    out = tmp_path / "data"
+    env = _env(mvtec, dtd, mtd, mtd="")  # MTD: no recorded hash -> warning with computed hash
+    r = _run(["all", out], **env)
+    assert r.returncode == 0, r.stderr
+    assert (out / "mvtec" / "bottle" / "train" / "good" / "000.png").read_bytes() == b"png0"
+    assert (out / "dtd" / "images" / "banded" / "banded_0001.jpg").is_file()  # dtd/ unwrapped
+    assert (out / "mtd" / "MT_Free" / "Imgs" / "a.jpg").is_file()  # GitHub folder unwrapped
+    for n in ("mvtec", "dtd", "mtd"):
+        assert (out / n / ".done").is_file()
+    assert _sha(mtd) in r.stderr and "DESTSEG_MTD_SHA256" in r.stderr
+    assert f"DESTSEG_DATA={out.resolve()}" in r.stdout and "--data-root" in r.stdout
+    assert not (out / ".downloads").exists() and not list(out.glob(".*.staging"))
+    r2 = _run(["mvtec", "dtd", "mtd", out], **env)
+    assert r2.returncode == 0, r2.stderr
+    assert r2.stdout.count("nothing to do") == 3 and "downloading" not in r2.stdout
+
+
+def test_target_from_env_and_usage(tmp_path):
+    mvtec, _, _ = _archives(tmp_path / "src")
+    r = _run(["mvtec"], DESTSEG_DATA=str(tmp_path / "envdata"), **_env(mvtec))
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "envdata" / "mvtec" / "readme.txt").is_file()
+    r = _run([])
+    assert r.returncode != 0 and "mvtec, dtd, mtd or all" in r.stderr
+
+
+def test_wrong_hash_fails_and_keeps_nothing(tmp_path):
+    mvtec, _, _ = _archives(tmp_path / "src")
+    out = tmp_path / "data"
+    r = _run(["mvtec", out], **_env(mvtec, mvtec="0" * 64))
+    assert r.returncode != 0
+    assert "mismatch" in r.stderr and _sha(mvtec) in r.stderr
+    assert not (out / "mvtec").exists()
+    assert not (out / ".downloads").exists() or not any((out / ".downloads").iterdir())
+    r = _run(["mvtec", out], **_env(mvtec))  # the next run starts afresh and succeeds
+    assert r.returncode == 0 and (out / "mvtec" / ".done").is_file(), r.stderr
+
+
+@pytest.mark.parametrize("kind", ["tar_dotdot", "tar_abs", "tar_symlink", "zip_dotdot"])
+def test_unsafe_archive_refused(tmp_path, kind):
+    src = tmp_path / "src"
+    src.mkdir()
+    out = tmp_path / "box" / "data"
+    if kind == "tar_dotdot":
+        arc = _tar(src / "evil.tar.gz", {"ok.txt": b"ok", "../evil": b"x"}, "w:gz")
+    elif kind == "tar_abs":
+        arc = _tar(src / "evil.tar.gz", {"ok.txt": b"ok", "/tmp/destseg_evil_abs": b"x"}, "w:gz")
+    elif kind == "tar_symlink":
+        arc = src / "evil.tar.gz"
+        with tarfile.open(arc, "w:gz") as tf:
+            ti = tarfile.TarInfo("d/link")
+            ti.type, ti.linkname = tarfile.SYMTYPE, "../../.."
+            tf.addfile(ti)
+    else:
+        arc = _zip(src / "evil.zip", {"ok.txt": b"ok", "../evil": b"x"})
+    r = _run(["dtd", out], **_env(dtd_arc=arc))
+    assert r.returncode != 0 and "refusing unsafe archive members" in r.stderr, r.stderr
+    assert ("evil" if kind != "tar_symlink" else "d/link -> ../../..") in r.stderr
+    assert not (out / "dtd").exists() and not (out.parent / "evil").exists()
+    assert not (out / "evil").exists() and not list(out.glob(".*.staging"))
+
+
+def test_resume_from_partial_download(tmp_path):
+    mvtec, _, _ = _archives(tmp_path / "src")
+    good = mvtec.read_bytes()
+    n = len(good) // 2
+    # the served file has a garbage first half: only a real resume (keeping the .part's
+    # correct first half and fetching from byte n) yields the expected hash
+    served = tmp_path / "served.tar.xz"
+    served.write_bytes(b"\0" * n + good[n:])
+    out = tmp_path / "data"
+    (out / ".downloads").mkdir(parents=True)
+    (out / ".downloads" / "mvtec_anomaly_detection.tar.xz.part").write_bytes(good[:n])
+    r = _run(["mvtec", out], DESTSEG_MVTEC_URL=served.as_uri(), DESTSEG_MVTEC_SHA256=_sha(mvtec))
+    assert r.returncode == 0, r.stderr
+    assert f"from byte {n}" in r.stdout
+    assert (out / "mvtec" / "bottle" / "test" / "good" / "000.png").read_bytes() == b"t0"

@@ -1,0 +1,106 @@
+import numpy as np
+import pytest
+import torch
+
+from destseg_lib.checkpoint import atomic_torch_save, load_model, read_checkpoint
+from destseg_lib.data import TestImages
+from destseg_lib.infer import predict, predict_dataset, top_t_score
+from destseg_lib.train import train
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    return all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_training_changes_weights_and_logs(ci_cfg, toy_split, tmp_path):
+    res = train(ci_cfg, toy_split, tmp_path, progress=False)
+    assert [h["stage"] for h in res.history] == [1] * 6 + [2] * 6
+    assert all(np.isfinite(h["loss"]) for h in res.history)
+    assert (tmp_path / "model.pt").exists() and (tmp_path / "train_log.csv").exists()
+    from destseg_lib.train import build_model
+    init = build_model(ci_cfg)
+    assert not torch.equal(init.student.stem[0].weight, res.model.student.stem[0].weight)
+    assert torch.equal(init.teacher.stem[0].weight, res.model.teacher.stem[0].weight)  # frozen
+
+
+def test_same_seed_identical_weights_other_seed_differs(ci_cfg, toy_split, tmp_path):
+    cfg = ci_cfg.replace(student_steps=3, seg_steps=3)
+    a = train(cfg, toy_split, tmp_path / "a", progress=False).model
+    b = train(cfg, toy_split, tmp_path / "b", progress=False).model
+    c = train(cfg.replace(seed=1), toy_split, tmp_path / "c", progress=False).model
+    assert _same_weights(a, b)
+    assert not _same_weights(a, c)
+
+
+@pytest.mark.parametrize("stop", [4, 9])  # interrupted in stage 1, and in stage 2
+def test_resume_reaches_the_same_weights(ci_cfg, toy_split, tmp_path, stop):
+    full = train(ci_cfg, toy_split, tmp_path / "full", progress=False)
+    part = train(ci_cfg, toy_split, tmp_path / "part", progress=False, stop_after=stop)
+    assert len(part.history) == stop and not (tmp_path / "part" / "model.pt").exists()
+    resumed = train(ci_cfg, toy_split, tmp_path / "part", progress=False, resume=True)
+    assert _same_weights(full.model, resumed.model)
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+
+
+def test_resume_refuses_a_different_config(ci_cfg, toy_split, tmp_path):
+    train(ci_cfg, toy_split, tmp_path, progress=False, stop_after=2)
+    with pytest.raises(ValueError, match="config differs"):
+        train(ci_cfg.replace(lr_student=0.1), toy_split, tmp_path, progress=False, resume=True)
+
+
+def test_num_workers_do_not_change_results(ci_cfg, toy_split, tmp_path):
+    cfg = ci_cfg.replace(student_steps=2, seg_steps=2)
+    a = train(cfg, toy_split, tmp_path / "a", progress=False).model
+    b = train(cfg.replace(num_workers=2), toy_split, tmp_path / "b", progress=False).model
+    assert _same_weights(a, b)
+
+
+def test_save_load_identical_predictions(ci_cfg, toy_split, tmp_path):
+    res = train(ci_cfg, toy_split, tmp_path, progress=False)
+    loaded, ckpt = load_model(tmp_path / "model.pt")
+    assert ckpt["config"]["teacher"] == ci_cfg.teacher and "torch" in ckpt["versions"]
+    assert ckpt["normalisation"]["mean"] == pytest.approx([127 / 255] * 3)
+    test = TestImages(toy_split.test, ci_cfg.image_size)
+    p1 = predict_dataset(res.model, test, progress=False, top_t=ci_cfg.top_t)
+    p2 = predict_dataset(loaded, test, progress=False, top_t=ci_cfg.top_t)
+    assert np.array_equal(p1.maps, p2.maps) and np.array_equal(p1.scores, p2.scores)
+    assert np.array_equal(p1.de_st_maps, p2.de_st_maps)
+    assert p1.maps.shape == (len(test), ci_cfg.image_size, ci_cfg.image_size)
+
+
+def test_damaged_checkpoint_gives_a_clear_error(tmp_path):
+    bad = tmp_path / "model.pt"
+    bad.write_bytes(b"\x80\x02garbage")
+    with pytest.raises(ValueError, match="cannot be read"):
+        read_checkpoint(bad)
+    with pytest.raises(FileNotFoundError, match="train one first"):
+        read_checkpoint(tmp_path / "missing.pt")
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    target = tmp_path / "x.pt"
+    atomic_torch_save({"ok": 1}, target)
+    with pytest.raises(RuntimeError):
+        atomic_torch_save({"bad": Boom()}, target)
+    assert torch.load(target) == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
+
+
+def test_top_t_score_against_sorting():
+    maps = torch.rand(3, 10, 10)
+    ref = torch.stack([m.flatten().sort(descending=True).values[:7].mean() for m in maps])
+    assert torch.allclose(top_t_score(maps, 7), ref)
+    assert torch.allclose(top_t_score(maps, 1000), maps.flatten(1).mean(1))  # capped at map size
+
+
+def test_predict_upsamples_to_input(ci_cfg, toy_split, tmp_path):
+    from destseg_lib.train import build_model
+    model = build_model(ci_cfg)
+    out = predict(model, torch.rand(2, 3, 64, 64), top_t=10)
+    assert out["anomaly_map"].shape == (2, 64, 64) and out["score"].shape == (2,)
