@@ -103,7 +103,7 @@ PRESETS: dict[str, DeSTSegConfig] = {
     # CI: seconds; used by the tests and the notebooks' default parameters.
     "ci": DeSTSegConfig(
         preset="ci", image_size=64, batch_size=4, student_steps=6, seg_steps=6, seg_width=32,
-        teacher="efficientnet_lite0", teacher_weights="imagenet", checkpoint_every=4, top_t=20,
+        teacher="efficientnet_lite0", teacher_weights="imagenet", checkpoint_every=6, top_t=20,
     ),
 }
 

@@ -37,8 +37,10 @@ def default_data_root() -> Path | None:
 def open_split(dataset: str = "toy", data_root=None, category: str | None = None, **kw) -> DatasetSplit:
     """``toy`` (generated on first use under ``data_root``, default ``./data/toy``), or ``mvtec`` /
     ``mtd`` / ``folder`` read by :func:`destseg_lib.data.open_dataset`."""
-    if dataset == "toy":
-        root = make_toy_dataset(Path(data_root) if data_root else Path("data") / "toy")
+    if dataset == "toy":  # an existing toy dataset is used as it is (whatever its size); else made
+        root = Path(data_root) if data_root else Path("data") / "toy"
+        if not (root / (category or TOY_CATEGORY) / "toy_manifest.json").exists():
+            make_toy_dataset(root)
         return mvtec_split(root, category or TOY_CATEGORY)
     data_root = data_root if data_root is not None else default_data_root()
     if data_root is None:
@@ -62,7 +64,7 @@ def per_defect(preds: Predictions, fpr_limit: float = 0.3) -> list[dict]:
         idx = good + [i for i, t in enumerate(preds.defect_types) if t == kind and preds.labels[i] == 1]
         sub = preds.subset(idx)
         for name, res in evaluate_predictions(sub, fpr_limit).items():
-            rows.append({"defect_type": kind, "method": name, "n_images": len(idx) - len(good), **res})
+            rows.append({"defect_type": kind, "method": name, **res, "n_defect_images": len(idx) - len(good)})
     return rows
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import cv2
@@ -109,7 +110,8 @@ def make_toy_dataset(root, n_train: int = 60, n_test_good: int = 20, n_per_defec
                      size: int = 160, seed: int = 0, category: str = CATEGORY) -> Path:
     """Write the toy dataset under ``root/category`` (MVTec AD layout) and return ``root``.
 
-    Idempotent: if ``root/category/toy_manifest.json`` records the same arguments, nothing is rewritten.
+    Idempotent: if ``root/category/toy_manifest.json`` records the same arguments, nothing is rewritten;
+    a toy dataset made with other arguments is replaced.
     """
     root = Path(root)
     cat = root / category
@@ -117,6 +119,8 @@ def make_toy_dataset(root, n_train: int = 60, n_test_good: int = 20, n_per_defec
     manifest = cat / "toy_manifest.json"
     if manifest.exists() and json.loads(manifest.read_text()) == args:
         return root
+    if manifest.exists():  # made with other arguments: start afresh, no stale files
+        shutil.rmtree(cat)
     rng = np.random.default_rng(seed)
     for i in range(n_train):
         _save(cat / "train" / "good" / f"{i:03d}.png", _part(rng, size)[0])

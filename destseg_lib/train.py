@@ -112,14 +112,16 @@ def _write_log(history: list[dict], out_dir: Path) -> None:
 
 
 def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume: bool = False,
-          progress: bool = True, stop_after: int | None = None) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None, callback=None) -> TrainResult:
     """Train DeSTSeg on ``split.train`` with synthetic anomalies; write checkpoints and logs to ``out_dir``.
 
     * ``out_dir/checkpoints/last.pt`` — every ``cfg.checkpoint_every`` steps and at the end of each
       stage (atomic); ``resume=True`` continues from it.
     * ``out_dir/model.pt`` — the final model; ``out_dir/train_log.csv`` — one row per step.
-    * ``stop_after`` — stop (after checkpointing) once this many steps are done: for tests and for
-      splitting a long run into sessions.
+    * ``stop_after`` — stop (after checkpointing) once this many steps are done: for tests, for
+      splitting a long run into sessions, and for the notebooks (stage 1 in one, stage 2 in the next).
+    * ``callback(row)`` — called after every step with the logged row (step, stage, losses,
+      seconds), e.g. to draw a live loss curve.
     """
     cfg.validate()
     device = torch.device(device)
@@ -196,6 +198,8 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
         opt.step()
         row["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
+        if callback is not None:
+            callback(row)
         bar.update(1)
         bar.set_postfix(stage=stage, loss=f"{row['loss']:.4f}")
         done = step + 1

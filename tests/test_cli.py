@@ -1,0 +1,83 @@
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from destseg_lib.cli import main
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One end-to-end `destseg demo --preset ci` run on a small toy dataset (shared by the tests)."""
+    from destseg_lib.toy import make_toy_dataset
+
+    tmp = tmp_path_factory.mktemp("cli")
+    data = make_toy_dataset(tmp / "toy", n_train=8, n_test_good=4, n_per_defect=2, size=80)
+    out = tmp / "run"
+    return data, out
+
+
+def test_demo_end_to_end_writes_numbers_and_figures(demo_run, capsys):
+    data, out = demo_run
+    assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert "image_auroc" in text and "DeSTSeg" in text and "DeST" in text
+    metrics = json.loads((out / "metrics.json").read_text())
+    res = metrics["results"]["DeSTSeg"]
+    assert 0.0 <= res["image_auroc"] <= 1.0 and res["n_images"] == 12
+    for f in ("model.pt", "train_log.csv", "per_image.csv", "per_defect.csv", "figures/losses.png",
+              "figures/curves.png", "figures/examples.png"):
+        assert (out / f).is_file(), f
+    import csv
+    rows = list(csv.DictReader(open(out / "per_defect.csv")))
+    assert {r["defect_type"] for r in rows} == {"hole", "missing", "scratch", "stain"}
+    assert all(r["n_defect_images"] == "2" and r["n_images"] == "6" for r in rows)  # 4 good + 2 defective
+    ckpt = torch.load(out / "model.pt", weights_only=False)
+    assert "image_score_best_f1_on_eval" in ckpt["thresholds"]
+    assert "optim_student" not in ckpt  # the final model carries no optimiser state
+
+
+def test_second_demo_loads_instead_of_training(demo_run, capsys):
+    data, out = demo_run
+    before = (out / "model.pt").stat().st_mtime_ns
+    log = (out / "train_log.csv").read_text()
+    assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    assert (out / "train_log.csv").read_text() == log  # not retrained
+    first = json.loads((out / "metrics.json").read_text())["results"]
+    assert first["DeSTSeg"]["n_images"] == 12
+    assert (out / "model.pt").stat().st_mtime_ns >= before
+
+
+def test_predict_scores_own_images(demo_run, tmp_path, capsys):
+    data, out = demo_run
+    img = next((data / "toy_part" / "test" / "hole").glob("*.png"))
+    gray = tmp_path / "gray.png"
+    cv2.imwrite(str(gray), np.full((50, 70), 128, np.uint8))  # another size and mode work too
+    assert main(["predict", "--checkpoint", str(out / "model.pt"), "--out", str(tmp_path / "p"),
+                 "--device", "cpu", str(img), str(gray)]) == 0
+    amap = np.load(tmp_path / "p" / "gray_map.npy")
+    assert amap.shape == (50, 70)
+    rows = (tmp_path / "p" / "scores.csv").read_text().splitlines()
+    assert len(rows) == 3 and "score" in rows[0]
+
+
+def test_evaluate_command(demo_run, tmp_path, capsys):
+    data, out = demo_run
+    assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data-root", str(data),
+                 "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
+    assert "pixel_ap" in capsys.readouterr().out
+    assert set(json.loads((tmp_path / "m.json").read_text())) == {"DeSTSeg", "DeST"}
+
+
+def test_bad_data_root_is_a_clear_error(tmp_path, capsys):
+    code = main(["demo", "--preset", "ci", "--dataset", "mvtec", "--data-root", str(tmp_path / "nope"),
+                 "--category", "bottle", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nope" in err and "data_download.sh" in err
+
+
+def test_bad_override_is_a_clear_error(tmp_path, capsys):
+    code = main(["demo", "--preset", "ci", "--set", "no_such_field=3", "--out", str(tmp_path)])
+    assert code == 2 and "no_such_field" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""Structure of the tutorial notebooks, and notebooks/run_all.py on tiny notebooks.
+
+Executing the real notebooks is nbval's job (``pytest`` also collects ``notebooks/*.ipynb``, see
+pyproject.toml); these checks are static and fast.
+"""
+import ast
+import configparser
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+REPO = Path(__file__).resolve().parents[1]
+NB_DIR = REPO / "notebooks"
+EXPECTED = ["00_setup_and_data.ipynb", "01_perlin_anomaly_generation.ipynb", "02_denoising_student.ipynb",
+            "03_segmentation_training.ipynb", "04_evaluation.ipynb", "05_failure_cases.ipynb",
+            "06_threshold_explorer.ipynb"]
+CI_DEFAULTS = {"preset": "ci", "dataset": "toy", "data_root": None, "category": None, "texture_dir": None,
+               "device": "auto", "seed": 0, "out_dir": None}
+MAX_LINES = 30
+
+
+def _notebooks():
+    return sorted(NB_DIR.glob("[0-9][0-9]_*.ipynb"))
+
+
+def _read(path):
+    return nbformat.read(path, as_version=4)
+
+
+def _python(src: str) -> str:
+    """Cell source without IPython magics / shell escapes, for ast."""
+    return "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in src.splitlines())
+
+
+def test_the_seven_notebooks_exist_in_order():
+    assert [p.name for p in _notebooks()] == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_structure(name):
+    nb = _read(NB_DIR / name)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, "exactly one cell tagged 'parameters' (papermill)"
+    assert params[0].cell_type == "code"
+    values = {}
+    for node in ast.parse(params[0].source).body:
+        assert isinstance(node, ast.Assign) and len(node.targets) == 1, "parameters: plain assignments only"
+        values[node.targets[0].id] = ast.literal_eval(node.value)
+    assert values == CI_DEFAULTS
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {name[:2]} ")
+    for i, cell in enumerate(nb.cells):
+        assert len(cell.source.splitlines()) <= MAX_LINES, f"cell {i} has more than {MAX_LINES} lines"
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(_python(cell.source))):
+            assert not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)), \
+                f"cell {i}: no def / class / lambda in notebooks: put helpers in destseg_lib"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_stored_outputs(name):
+    """The committed notebooks carry their outputs (students read them on GitHub): every code cell
+    ran, in order, without errors; no widget state, no paths of the machine that ran them."""
+    path = NB_DIR / name
+    nb = _read(path)
+    counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
+    assert None not in counts, "execute the notebook (python notebooks/run_all.py --inplace)"
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert "widgets" not in nb.metadata
+    assert str(REPO) not in path.read_text(encoding="utf-8")
+
+
+def test_notebooks_stay_small():
+    total = sum(p.stat().st_size for p in _notebooks())
+    assert total < 3_000_000, f"notebooks total {total / 1e6:.1f} MB: lower the figure sizes"
+
+
+def test_checked_cells_exist_and_sanitize_file_parses():
+    checked = sum("# NBVAL_CHECK_OUTPUT" in c.source for p in _notebooks() for c in _read(p).cells)
+    assert checked >= 10
+    cfg = configparser.ConfigParser()
+    assert cfg.read(NB_DIR / "nbval_sanitize.cfg")
+    assert all({"regex", "replace"} <= set(cfg[s]) for s in cfg.sections())
+
+
+# ------------------------------------------------------------------------------------ run_all.py
+def _run_all_module():
+    spec = importlib.util.spec_from_file_location("run_all", NB_DIR / "run_all.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_param_parsing():
+    parse = _run_all_module().parse_param
+    assert parse("preset=quick") == ("preset", "quick")
+    assert parse("seed=3") == ("seed", 3)
+    assert parse("data_root=None") == ("data_root", None)
+    assert parse("data_root=/data/x=y") == ("data_root", "/data/x=y")
+    with pytest.raises(Exception, match="NAME=VALUE"):
+        parse("preset")
+
+
+def _tiny(path: Path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('greeting = "hi"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def test_run_all_stops_at_the_first_failure(tmp_path):
+    pytest.importorskip("papermill")
+    books = tmp_path / "books"
+    books.mkdir()
+    report = 'import os; print(greeting, os.environ["DESTSEG_FIG_DIR"], os.getcwd())'
+    _tiny(books / "00_first.ipynb", report)
+    _tiny(books / "01_broken.ipynb", 'raise RuntimeError("boom " + greeting)')
+    _tiny(books / "02_never.ipynb", report)
+    (books / "notes.ipynb").write_text("{}")  # not NN_*: ignored
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(NB_DIR / "run_all.py"), "--notebooks", str(books), "--out", str(out),
+                          "--param", "greeting=hello"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "FAILED: 01_broken.ipynb" in run.stderr
+    assert sorted(p.name for p in out.glob("*.ipynb")) == ["00_first.ipynb", "01_broken.ipynb"]
+    first = _read(out / "00_first.ipynb")
+    text = "".join(o.get("text", "") for c in first.cells if c.cell_type == "code" for o in c.outputs)
+    assert text.split() == ["hello", str((out / "figures").resolve()), str(books)]
+    assert "boom hello" in (out / "01_broken.ipynb").read_text()  # the executed copy shows the error
+
+
+def test_run_all_succeeds_and_only_filters(tmp_path):
+    pytest.importorskip("papermill")
+    books = tmp_path / "books"
+    books.mkdir()
+    _tiny(books / "00_a.ipynb", "print(greeting)")
+    _tiny(books / "01_b.ipynb", "raise SystemExit('not selected, not run')")
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, str(NB_DIR / "run_all.py"), "--notebooks", str(books), "--out", str(out),
+                          "--only", "00"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert [p.name for p in out.glob("*.ipynb")] == ["00_a.ipynb"]
