@@ -23,7 +23,7 @@ from .data import DatasetSplit, TestImages, mvtec_split, open_dataset
 from .infer import Predictions, predict_dataset
 from .toy import CATEGORY as TOY_CATEGORY
 from .toy import make_toy_dataset
-from .train import train
+from .train import config_differences, train
 
 METHODS = ("DeSTSeg", "DeST")
 TABLE_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
@@ -105,6 +105,10 @@ def load_or_train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu"
     final = Path(out_dir) / "model.pt"
     if final.exists() and not retrain:
         model, ckpt = load_model(final, device)
+        diff = config_differences(ckpt["config"], cfg)
+        if diff:
+            raise ValueError(f"{final} was trained with another config (differs in {diff}): pass "
+                             "--retrain / retrain=True, or another output folder")
         return model, ckpt.get("history", [])
     result = train(cfg, split, out_dir, device=device, resume=not retrain, progress=progress)
     return result.model, result.history

@@ -30,6 +30,11 @@ from .textures import make_texture_source
 _RESUME_FREE = {"num_workers", "checkpoint_every", "cache_images", "amp"}
 
 
+def config_differences(saved: dict, cfg: DeSTSegConfig) -> list[str]:
+    """Fields in which a saved run's config differs from ``cfg`` (engineering-only fields excepted)."""
+    return sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in _RESUME_FREE)
+
+
 class SyntheticBatches(torch.utils.data.Dataset):
     """Item ``s`` is the whole batch of training step ``s``: (clean, anomalous, mask), each B x C x S x S."""
 
@@ -134,9 +139,9 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     start, history = 0, []
     if resume and last.exists():
         ckpt = read_checkpoint(last)
-        diff = {k for k, v in cfg.to_dict().items() if ckpt["config"].get(k) != v} - _RESUME_FREE
+        diff = config_differences(ckpt["config"], cfg)
         if diff:
-            raise ValueError(f"cannot resume from {last}: config differs in {sorted(diff)}; use the same "
+            raise ValueError(f"cannot resume from {last}: config differs in {diff}; use the same "
                              "config or a new out_dir")
         model.load_state_dict(ckpt["model"])
         opt_student.load_state_dict(ckpt["optim_student"])

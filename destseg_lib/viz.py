@@ -161,7 +161,7 @@ def check_run_dir(out_dir, cfg) -> None:
     import json
 
     from .checkpoint import read_checkpoint
-    from .train import _RESUME_FREE
+    from .train import config_differences
 
     out_dir = Path(out_dir)
     saved = None
@@ -171,7 +171,7 @@ def check_run_dir(out_dir, cfg) -> None:
         saved = read_checkpoint(out_dir / "checkpoints" / "last.pt")["config"]
     if saved is None:
         return
-    diff = sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in _RESUME_FREE)
+    diff = config_differences(saved, cfg)
     if diff:
         raise ValueError(f"{out_dir} holds a run trained with a different config (differs in {diff}); "
                          "delete that folder or pass another out_dir")

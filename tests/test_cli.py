@@ -81,3 +81,11 @@ def test_bad_data_root_is_a_clear_error(tmp_path, capsys):
 def test_bad_override_is_a_clear_error(tmp_path, capsys):
     code = main(["demo", "--preset", "ci", "--set", "no_such_field=3", "--out", str(tmp_path)])
     assert code == 2 and "no_such_field" in capsys.readouterr().err
+
+
+def test_existing_model_with_another_config_is_refused(demo_run, capsys):
+    data, out = demo_run
+    assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
+    code = main(["demo", "--preset", "ci", "--set", "seg_steps=7", "--data-root", str(data), "--out", str(out),
+                 "--device", "cpu"])
+    assert code == 2 and "seg_steps" in capsys.readouterr().err
