@@ -17,11 +17,9 @@ from pathlib import Path
 
 
 def _device(name: str) -> str:
-    import torch
+    from .viz import resolve_device  # one definition of "auto", shared with the notebooks
 
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
+    return resolve_device(name)
 
 
 def _overrides(pairs: list[str]) -> dict:
