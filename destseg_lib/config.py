@@ -1,17 +1,47 @@
 """One dataclass with every hyper-parameter, and the presets as values of it.
 
-Paper defaults (DeSTSeg, CVPR 2023, Sec. 4.1, filled in from the official code where the extracted
-text lost them): 256x256 inputs, ImageNet normalisation, SGD (momentum 0.9, weight decay 1e-4),
-lr 0.4 for the student, 0.1 for the segmentation residual blocks, 0.01 for the segmentation head,
-batch 32, 5000 steps of which the first 1000 train the student only, focal gamma 4, top-T with
-T = 100, opacity beta ~ U[0, 0.8) in Eq. 1.
+The defaults are the official recipe (apple/ml-destseg; the paper's text gives only some of these,
+the rest are the official code's defaults, see ``shared/paper/official_recipe.md``): 256x256 inputs
+(PIL bilinear, antialiased), ImageNet normalisation, SGD (momentum 0.9, weight decay 1e-4), lr 0.4
+for the student, 0.1 for the segmentation residual blocks, 0.01 for the segmentation head, batch 32,
+5000 steps of which the first 1000 train the student only, focal gamma 4, top-T with T = 100,
+opacity beta ~ U[0, 0.8) in Eq. 1, un-augmented DTD textures, one Perlin draw per sample (empty
+masks allowed), the official ASPP and initialisation.
+
+Fields marked "fidelity" select between the official behaviour (the default, named in the comment)
+and the kit's earlier choices, kept as named options; fields marked "Table N" are the paper's
+ablation switches.
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
+import difflib
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 
+import numpy as np
+
+from .errors import ConfigError
+
 TEACHERS = ("resnet18", "efficientnet_lite0")
+# Allowed values of the string-valued switches; the first one is the official recipe's.
+CHOICES = {
+    "seg_input": ("product", "cosine", "concat"),  # Table 6
+    "student_arch": ("encoder_decoder", "plain"),  # Table 4 "ed"
+    "aspp": ("official", "torchvision"),
+    "init": ("official", "pytorch"),
+    "empty_masks": ("allow", "redraw"),
+    "resize": ("antialias", "cv2"),
+    "rotation_fill": ("grey", "reflect"),
+}
+
+# What the kit did before the fidelity switches existed (a config saved then lacks these fields).
+LEGACY_VALUES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "empty_masks": "redraw",
+                 "resize": "cv2", "rotation_fill": "reflect"}
 
 
 @dataclass
@@ -20,18 +50,44 @@ class DeSTSegConfig:
     image_size: int = 256
     grayscale_textures: bool | None = None  # None: follow the dataset (grayscale data -> grayscale textures)
     texture_dir: str | None = None  # DTD-layout folder; None -> built-in offline textures
+    # fidelity: "antialias" = PIL-style bilinear with antialiasing when shrinking (official, images,
+    # textures and test masks); "cv2" = cv2.INTER_LINEAR without antialiasing (the kit's old way)
+    resize: str = "antialias"
+    # fidelity: corners uncovered by the training rotation augmentation: "grey" (114, 114, 114)
+    # as the official code; "reflect" mirrors the image (the kit's old way)
+    rotation_fill: str = "grey"
+    # fidelity: False = a random texture, RGB, resized, nothing else (official); True = three random
+    # photometric/geometric augmentations per texture (DRAEM's recipe, not DeSTSeg's)
+    texture_augment: bool = False
     # --- anomaly synthesis (Sec. 3.1, Eq. 1) --------------------------------------------------
     perlin_min_scale_exp: int = 0  # Perlin scale 2^k per axis, k in [min, max)
     perlin_max_scale_exp: int = 6
     perlin_threshold: float = 0.5
     perlin_rotation_deg: float = 90.0  # noise rotated by U(-90, 90) degrees
     beta_max: float = 0.8  # beta ~ U[0, beta_max): opacity of the texture is 1 - beta in (0.2, 1]
+    # fidelity: "allow" = one Perlin draw per sample; an empty thresholded mask gives a clean image
+    # with an all-zero mask (official, 4-7 % of samples); "redraw" = redraw up to mask_max_retries
+    # times, then the top 1 % of the last noise, so masks are never empty (the kit's old way; it
+    # also biases the scales towards fine ones)
+    empty_masks: str = "allow"
     mask_max_retries: int = 50
     # --- networks (Sec. 3.2, 3.3) -------------------------------------------------------------
     teacher: str = "resnet18"  # one of TEACHERS
     teacher_weights: str | None = "imagenet"  # "imagenet", a local .pth path, or None (random: warns)
     seg_input: str = "product"  # Table 6: "product" (-T_hat*S_hat, the paper's), "cosine", "concat"
     seg_width: int = 256  # channels of the segmentation net's residual blocks and ASPP (paper: 256)
+    # fidelity: "official" = global-pool branch + three 3x3 atrous branches (6, 12, 18), fused by a
+    # 3x3 conv, no dropout (4,196,864 parameters at width 256); "torchvision" = DeepLabV3's ASPP
+    # (extra 1x1 branch, 1x1 projection, Dropout(0.5): the kit's old way)
+    aspp: str = "official"
+    # fidelity: "official" = Kaiming-normal (fan_out) convs in the student decoder and the seg net's
+    # residual blocks, zero-init of each encoder block's last BN; "pytorch" = PyTorch's defaults there
+    init: str = "official"
+    # --- ablations (Sec. 4.4) -------------------------------------------------------------------
+    denoising: bool = True  # Table 4 "den": the student sees the corrupted image (False: the clean one)
+    student_arch: str = "encoder_decoder"  # Table 4 "ed": "plain" = ResNet18 conv1..conv4_x like the teacher
+    segmentation: bool = True  # Table 4 "seg": False = DeST-only (product of cosine distances), no stage 2
+    l1_loss: bool = True  # Table 5: the L1 term of Eq. 7
     # --- training (Sec. 3.4, 4.1) ---------------------------------------------------------------
     batch_size: int = 32
     student_steps: int = 1000  # stage 1: denoising student only
@@ -52,32 +108,38 @@ class DeSTSegConfig:
     cache_images: bool = True
     preset: str = "paper"
 
+    def __post_init__(self) -> None:
+        _coerce_fields(self)  # values parsed/checked against the field types (see parse_field)
+
     @property
     def total_steps(self) -> int:
-        return self.student_steps + self.seg_steps
+        """Stage 1 + stage 2 steps; a DeST-only run (``segmentation=False``) has no stage 2."""
+        return self.student_steps + (self.seg_steps if self.segmentation else 0)
 
     def validate(self) -> "DeSTSegConfig":
+        _coerce_fields(self)  # fields may have been assigned since construction
         if self.teacher not in TEACHERS:
-            raise ValueError(f"teacher={self.teacher!r}: choose one of {TEACHERS}")
-        if self.seg_input not in ("product", "cosine", "concat"):
-            raise ValueError(f"seg_input={self.seg_input!r}: choose 'product', 'cosine' or 'concat'")
+            raise ConfigError(f"teacher={self.teacher!r}: choose one of {TEACHERS}")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: choose one of {allowed}")
         if self.image_size % 16 or self.image_size < 32:
-            raise ValueError(f"image_size={self.image_size}: use a multiple of 16, at least 32")
+            raise ConfigError(f"image_size={self.image_size}: use a multiple of 16, at least 32")
         if not 0 <= self.beta_max < 1:
-            raise ValueError(f"beta_max={self.beta_max}: must lie in [0, 1)")
+            raise ConfigError(f"beta_max={self.beta_max}: must lie in [0, 1)")
         if self.perlin_min_scale_exp >= self.perlin_max_scale_exp:
-            raise ValueError("perlin_min_scale_exp must be < perlin_max_scale_exp")
+            raise ConfigError("perlin_min_scale_exp must be < perlin_max_scale_exp")
         for name in ("batch_size", "top_t", "checkpoint_every", "seg_width"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+                raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
         if self.student_steps < 0 or self.seg_steps < 0:
-            raise ValueError("student_steps and seg_steps must be >= 0")
+            raise ConfigError("student_steps and seg_steps must be >= 0")
         return self
 
     def replace(self, **changes) -> "DeSTSegConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown config field(s) {sorted(unknown)}")
+            raise unknown_fields_error(unknown, type(self))
         return dataclasses.replace(self, **changes).validate()
 
     def to_dict(self) -> dict:
@@ -85,8 +147,196 @@ class DeSTSegConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "DeSTSegConfig":
+        """A config from a dict (e.g. a checkpoint's).  Fidelity fields missing from ``d`` take the
+        values of the kit before they existed (:data:`LEGACY_VALUES`): a run saved then was trained
+        that way."""
         names = {f.name for f in dataclasses.fields(cls)}
+        d = {**LEGACY_VALUES, **d} if "aspp" not in d else d
         return cls(**{k: v for k, v in d.items() if k in names}).validate()
+
+
+# ----------------------------------------------------------------------------- parsing / checking
+# One path for every way a value gets into a config (the CLI's --set, get_preset(**overrides),
+# replace(), from_dict() of a checkpoint or config.json, direct construction): each value is parsed
+# and checked against its field's annotation, so "false" is False, "2.5" is no step count, and a
+# wrong value is a ConfigError naming the field and the value.
+_TRUE = {"true", "yes", "y", "on", "1"}
+_FALSE = {"false", "no", "n", "off", "0"}
+_NONE = {"none", "null", ""}
+
+
+def field_types(cls=None) -> dict:
+    """``{field name: evaluated annotation}`` of the config dataclass (cached)."""
+    cls = cls or DeSTSegConfig
+    hints = _HINTS.get(cls)
+    if hints is None:
+        # the module uses ``from __future__ import annotations``: the annotations are strings
+        all_hints = typing.get_type_hints(cls)
+        hints = _HINTS[cls] = {f.name: all_hints.get(f.name, typing.Any) for f in dataclasses.fields(cls)}
+    return hints
+
+
+_HINTS: dict = {}
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "none"
+    if tp is bool:
+        return "true/false (also yes/no, 1/0)"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a finite number"
+    if tp is str:
+        return "a string"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    return getattr(tp, "__name__", str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _parse(tp, value):
+    """``value`` as type ``tp`` (strings are parsed: "false" -> False, "3" -> 3, "none" -> None for
+    optional fields); raises _Mismatch when it does not fit."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is typing.Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and type(None) in args and value.strip().lower() in _NONE:
+            return None
+        members = [a for a in args if a is not type(None)]
+        # a string is tried against the non-string members first ("3" for int | str is 3)
+        for a in sorted(members, key=lambda a: a is str):
+            try:
+                return _parse(a, value)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin is typing.Literal:
+        for a in args:
+            if value == a and type(value) is type(a):
+                return a
+            if isinstance(value, str) and not isinstance(a, str) and value.strip().lower() == str(a).lower():
+                return a
+        raise _Mismatch
+    if tp is type(None):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NONE):
+            return None
+        raise _Mismatch
+    if tp is bool:
+        if isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if isinstance(value, (int, np.integer)) and value in (0, 1):
+            return bool(value)
+        if isinstance(value, str):
+            s = value.strip().lower()
+            if s in _TRUE:
+                return True
+            if s in _FALSE:
+                return False
+        raise _Mismatch
+    if tp is int:
+        if isinstance(value, (bool, np.bool_)):
+            raise _Mismatch
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, str):
+            s = value.strip()
+            try:
+                return int(s, 10)
+            except ValueError:
+                try:
+                    value = float(s)  # "1e3" is 1000; "2.5" is no integer
+                except ValueError:
+                    raise _Mismatch from None
+        if isinstance(value, (float, np.floating)) and math.isfinite(value) and float(value).is_integer():
+            return int(value)
+        raise _Mismatch
+    if tp is float:
+        if isinstance(value, (bool, np.bool_)):
+            raise _Mismatch
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise _Mismatch from None
+        if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(value):
+            return float(value)
+        raise _Mismatch
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise _Mismatch
+    if origin in (list, tuple, set, frozenset, dict) or tp in (list, tuple, set, frozenset, dict):
+        container = origin or tp
+        if isinstance(value, str):
+            try:
+                value = ast.literal_eval(value.strip())  # literals only: never runs code
+            except (ValueError, SyntaxError):
+                raise _Mismatch from None
+        if container is dict:
+            if not isinstance(value, dict):
+                raise _Mismatch
+            if len(args) == 2:
+                return {_parse(args[0], k): _parse(args[1], v) for k, v in value.items()}
+            return dict(value)
+        if not isinstance(value, (list, tuple, set, frozenset)):
+            raise _Mismatch
+        items = list(value)
+        if container is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
+            if len(items) != len(args):
+                raise _Mismatch
+            return tuple(_parse(a, v) for a, v in zip(args, items))
+        item_tp = args[0] if args else typing.Any
+        return container(_parse(item_tp, v) for v in items)
+    if isinstance(tp, type):  # any other class: accept its instances as they are
+        if isinstance(value, tp):
+            return value
+        raise _Mismatch
+    return value  # an annotation this parser does not know: leave the value alone
+
+
+def parse_field(name: str, value, cls=None):
+    """``value`` parsed for config field ``name`` (see :func:`_parse`); :class:`ConfigError`
+    naming the field and the value when it does not fit (or the field does not exist)."""
+    hints = field_types(cls)
+    if name not in hints:
+        raise unknown_fields_error([name], cls)
+    try:
+        return _parse(hints[name], value)
+    except _Mismatch:
+        raise ConfigError(f"config field {name}={value!r}: expected {_type_name(hints[name])}; "
+                          f"fix the value (e.g. --set {name}=...)") from None
+
+
+def unknown_fields_error(names, cls=None) -> ConfigError:
+    known = list(field_types(cls))
+    hints = []
+    for n in sorted(names):
+        close = difflib.get_close_matches(str(n), known, n=1)
+        hints.append(f"{n!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ConfigError(f"unknown config field(s) {', '.join(hints)}; the fields are listed in "
+                       "destseg_lib/config.py (DeSTSegConfig)")
+
+
+def _coerce_fields(cfg) -> None:
+    """Parse every field of ``cfg`` in place (idempotent)."""
+    for name in field_types(type(cfg)):
+        old = getattr(cfg, name)
+        new = parse_field(name, old, type(cfg))
+        if new is not old:
+            object.__setattr__(cfg, name, new)
 
 
 # Presets are values of the config, not code paths.
@@ -111,5 +361,5 @@ PRESETS: dict[str, DeSTSegConfig] = {
 def get_preset(name: str, **overrides) -> DeSTSegConfig:
     """Return a copy of preset ``name`` ("paper", "quick", "ci") with ``overrides`` applied."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
+        raise ConfigError(f"unknown preset {name!r}: choose one of {sorted(PRESETS)}")
     return PRESETS[name].replace(**overrides)

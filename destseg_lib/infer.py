@@ -2,8 +2,9 @@
 
 The segmentation output (1/4 resolution) is bilinearly upsampled to the input size and is the
 anomaly map; the image score is the mean of its top-T values (T = 100).  The DeST-only map — the
-product over levels of the per-level cosine distances, upsampled — is returned too, since the paper
-compares both (Tables 1-4).
+product over levels of the per-level cosine distances at 1/4 resolution, then upsampled — is
+returned too, since the paper compares both (Tables 1-4).  A model trained without the
+segmentation net (Table 4 without "seg") has only the DeST map: it is then also the anomaly map.
 """
 from __future__ import annotations
 
@@ -29,8 +30,9 @@ def predict(model: DeSTSeg, images: torch.Tensor, top_t: int = 100) -> dict:
     ``anomaly_map`` / ``de_st_map`` (B x H x W) and ``score`` / ``de_st_score`` (B)."""
     model.eval()
     out = model(images)
-    seg = F.interpolate(out["seg"], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
     de_st = out["de_st"][:, 0]
+    seg = (F.interpolate(out["seg"], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+           if "seg" in out else de_st)
     return {"anomaly_map": seg, "score": top_t_score(seg, top_t),
             "de_st_map": de_st, "de_st_score": top_t_score(de_st, top_t)}
 
@@ -46,12 +48,13 @@ class Predictions:
     labels: np.ndarray  # N int
     defect_types: list[str] = field(default_factory=list)
     paths: list[str] = field(default_factory=list)
+    has_segmentation: bool = True  # False: DeST-only model, ``maps`` are the DeST maps
 
     def subset(self, idx) -> "Predictions":
         idx = np.asarray(idx)
         return Predictions(self.maps[idx], self.scores[idx], self.de_st_maps[idx], self.de_st_scores[idx],
                            self.masks[idx], self.labels[idx], [self.defect_types[i] for i in idx],
-                           [self.paths[i] for i in idx])
+                           [self.paths[i] for i in idx], self.has_segmentation)
 
 
 @torch.no_grad()
@@ -73,4 +76,5 @@ def predict_dataset(model: DeSTSeg, dataset, device="cpu", batch_size: int = 16,
         paths += list(batch["path"])
     cat = {k: np.concatenate(v) for k, v in acc.items()}
     return Predictions(cat["anomaly_map"], cat["score"], cat["de_st_map"], cat["de_st_score"],
-                       np.concatenate(masks), np.concatenate(labels).astype(int), types, paths)
+                       np.concatenate(masks), np.concatenate(labels).astype(int), types, paths,
+                       model.segmentation is not None)

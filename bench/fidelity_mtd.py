@@ -1,0 +1,80 @@
+"""Issue 8's measurement: the kit's earlier behaviour vs the official recipe on Magnetic Tile Defects.
+
+At the `quick` budget (128^2, batch 8, 200 + 100 steps, EfficientNet-Lite0, DTD subset textures):
+  * "earlier"  — the kit before the fidelity switches (torchvision ASPP, PyTorch init, augmented
+                 textures, never-empty masks, cv2 resize, reflected rotation borders), 3 seeds;
+  * "official" — the official recipe (the defaults of DeSTSegConfig), 3 seeds;
+  * each earlier choice alone on top of the official recipe, seed 0.
+Resumable (a finished run's metrics.json is reused).  Prints a Markdown table and writes it, with
+the raw numbers, to bench/results/fidelity_mtd.{md,json}.
+
+    DESTSEG_DATA=../shared/data python bench/fidelity_mtd.py [--out runs/fidelity_mtd] [--preset quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from destseg_lib.config import LEGACY_VALUES, get_preset
+from destseg_lib.experiment import open_split, run
+
+KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
+SINGLES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "empty_masks": "redraw",
+           "resize": "cv2"}
+
+
+def grid(seeds=(0, 1, 2)):
+    for seed in seeds:
+        yield "earlier", dict(LEGACY_VALUES), seed
+        yield "official", {}, seed
+    for field, value in SINGLES.items():
+        yield f"official + {field}={value}", {field: value}, 0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="runs/fidelity_mtd")
+    ap.add_argument("--preset", default="quick")
+    ap.add_argument("--data-root", default=os.environ.get("DESTSEG_DATA"))
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "fidelity_mtd"))
+    args = ap.parse_args(argv)
+    root = Path(args.data_root)
+    split = open_split("mtd", root)
+    texture_dir = str(root / "dtd_subset" / "images")
+    rows = []
+    for name, over, seed in grid():
+        cfg = get_preset(args.preset, texture_dir=texture_dir, seed=seed, **over)
+        out = Path(args.out) / name.replace(" ", "").replace("+", "_").replace("=", "-") / f"seed{seed}"
+        t0 = time.perf_counter()
+        if (out / "metrics.json").exists():
+            res = json.loads((out / "metrics.json").read_text())["results"]
+        else:
+            res = run(cfg, split, out, progress=False, figures=False).results
+        rows.append({"variant": name, "seed": seed, "minutes": round((time.perf_counter() - t0) / 60, 1),
+                     **{f"{m}/{k}": res[m][k] for m in ("DeSTSeg", "DeST") for k in KEYS}})
+        print(f"{name:<40} seed {seed}: " + " ".join(f"{k} {100 * res['DeSTSeg'][k]:.1f}" for k in KEYS), flush=True)
+    table = ["| variant | seeds | " + " | ".join(KEYS) + " | DeST-only image AUROC / pixel AP |",
+             "|---|---|" + "---|" * len(KEYS) + "---|"]
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == name]
+
+        def cell(key):
+            v = 100 * np.array([r[key] for r in rs], float)
+            return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
+        table.append(f"| {name} | {len(rs)} | " + " | ".join(cell(f"DeSTSeg/{k}") for k in KEYS)
+                     + f" | {cell('DeST/image_auroc')} / {cell('DeST/pixel_ap')} |")
+    md = "\n".join(table)
+    print(md)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results + ".md").write_text(md + "\n")
+    Path(args.results + ".json").write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
