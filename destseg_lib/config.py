@@ -31,7 +31,8 @@ TEACHERS = ("resnet18", "efficientnet_lite0")
 # Allowed values of the string-valued switches; the first one is the official recipe's.
 CHOICES = {
     "seg_input": ("product", "cosine", "concat"),  # Table 6
-    "student_arch": ("encoder_decoder", "plain"),  # Table 4 "ed"
+    "student_arch": ("encoder_decoder", "plain", "teacher_decoder"),  # Table 4 "ed"; PFADSeg
+    "seg_fusion": ("concat", "adaptive"),  # PFADSeg
     "aspp": ("official", "torchvision"),
     "init": ("official", "pytorch"),
     "empty_masks": ("allow", "redraw"),
@@ -85,7 +86,12 @@ class DeSTSegConfig:
     init: str = "official"
     # --- ablations (Sec. 4.4) -------------------------------------------------------------------
     denoising: bool = True  # Table 4 "den": the student sees the corrupted image (False: the clean one)
-    student_arch: str = "encoder_decoder"  # Table 4 "ed": "plain" = ResNet18 conv1..conv4_x like the teacher
+    # Table 4 "ed": "plain" = ResNet18 conv1..conv4_x like the teacher; "teacher_decoder" = PFADSeg's
+    # student, a decoder of the teacher's features with multi-scale fusion (models.TeacherDecoderStudent)
+    student_arch: str = "encoder_decoder"
+    # PFADSeg: "adaptive" = learned, input-dependent level/channel weights on the segmentation input
+    # (models.AdaptiveFeatureFusion); "concat" = plain concatenation (DeSTSeg)
+    seg_fusion: str = "concat"
     segmentation: bool = True  # Table 4 "seg": False = DeST-only (product of cosine distances), no stage 2
     l1_loss: bool = True  # Table 5: the L1 term of Eq. 7
     # --- training (Sec. 3.4, 4.1) ---------------------------------------------------------------
@@ -338,6 +344,14 @@ def _coerce_fields(cfg) -> None:
         if new is not old:
             object.__setattr__(cfg, name, new)
 
+
+# Named model variants: config overrides on top of any preset (the reproduction batch uses them too).
+VARIANTS: dict[str, dict] = {
+    "destseg": {},
+    # PFADSeg (Song et al., 2025), as far as its abstract specifies it: teacher-encoder / student-decoder
+    # denoising with multi-scale fusion, adaptive feature fusion before the segmentation net
+    "pfadseg": {"student_arch": "teacher_decoder", "seg_fusion": "adaptive"},
+}
 
 # Presets are values of the config, not code paths.
 PRESETS: dict[str, DeSTSegConfig] = {

@@ -198,6 +198,85 @@ class PlainStudent(nn.Module):
         return feats
 
 
+class TeacherDecoderStudent(nn.Module):
+    """PFADSeg's student (Song et al., 2025), ideas 1 and 2 — our reading of the abstract.
+
+    Teacher-encoder / student-decoder denoising: the student has no encoder of its own; it takes the
+    frozen teacher's features of the corrupted image and must output the teacher's features of the
+    clean image.  Multi-scale feature fusion: the three teacher levels are resampled to the deepest
+    level's size (stride 16: adaptive average pooling for the shallower ones), concatenated,
+    compressed by a 1x1 conv-BN-ReLU into a 512-channel bottleneck, passed through one stride-2
+    BasicBlock (stride 32), and decoded back to the three levels by the same decoder as
+    :class:`DenoisingStudent` (4 stages of 2 BasicBlocks, bilinear upsampling).
+
+    Choices the abstract leaves open, made by us (see the README's PFADSeg section): pooling to the
+    deepest level (cheapest; RD4AD's one-class bottleneck does the same), the 512-channel stride-32
+    bottleneck (so that the decoder is DeSTSeg's, and only the encoder side differs), no skip
+    connections from the teacher to the decoder (they would let the student copy the corrupted
+    features), and Kaiming (fan_out) init as DeSTSeg's decoder.
+    """
+
+    takes_teacher_features = True
+
+    def __init__(self, teacher_channels=(64, 128, 256), init: str = "official", width: int = 512):
+        super().__init__()
+        self.compress = nn.Sequential(nn.Conv2d(sum(teacher_channels), width, 1, bias=False),
+                                      nn.BatchNorm2d(width), nn.ReLU(inplace=True))
+        down = nn.Sequential(nn.Conv2d(width, width, 1, stride=2, bias=False), nn.BatchNorm2d(width))
+        self.bottleneck = BasicBlock(width, width, stride=2, downsample=down)
+        self.decoder = nn.ModuleList([_stage(width, 512), _stage(512, 256), _stage(256, 128), _stage(128, 64)])
+        self.project = _projections(teacher_channels)
+        if init == "official":
+            kaiming_init_(self)
+
+    def forward(self, t_feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        deep = t_feats[-1].shape[-2:]
+        fused = torch.cat([F.adaptive_avg_pool2d(f, deep) if f.shape[-2:] != deep else f for f in t_feats], 1)
+        x = self.bottleneck(self.compress(fused))
+        sizes = [f.shape[-2:] for f in t_feats][::-1]  # strides 16, 8, 4
+        outs = []
+        for i, stage in enumerate(self.decoder):
+            if i:
+                x = F.interpolate(x, size=sizes[i - 1], mode="bilinear", align_corners=False)
+            x = stage(x)
+            outs.append(x)
+        return [proj(o) for proj, o in zip(self.project, outs[:0:-1])]
+
+
+class AdaptiveFeatureFusion(nn.Module):
+    """PFADSeg idea 3 (our design): input-dependent weights over the levels and channels of the
+    segmentation input, instead of plain concatenation.
+
+    For each level's block of the segmentation input (e.g. -(T_hat*S_hat), already at stride 4), a
+    squeeze-and-excitation gate (SiLU rather than ReLU inside, so that no gate unit starts dead on
+    the mostly negative -(T_hat*S_hat) averages) gives per-channel weights from the block's global
+    average; a 1x1 conv
+    over the whole input gives per-pixel level weights (softmax over the levels, times the number of
+    levels so that equal weights leave the input unchanged).  Both gates are computed from the input,
+    so they differ from image to image and learn through the segmentation loss.
+    """
+
+    def __init__(self, level_channels, reduction: int = 8):
+        super().__init__()
+        self.level_channels = list(level_channels)
+        self.channel_gates = nn.ModuleList([
+            nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(c, max(c // reduction, 4), 1), nn.SiLU(),
+                          nn.Conv2d(max(c // reduction, 4), c, 1), nn.Sigmoid()) for c in self.level_channels])
+        self.level_gate = nn.Conv2d(sum(self.level_channels), len(self.level_channels), 1)
+
+    def weights(self, x: torch.Tensor):
+        """(per-level channel weights, B x L x h x w level weights) for the input ``x``."""
+        parts = torch.split(x, self.level_channels, dim=1)
+        channel = [gate(p) for gate, p in zip(self.channel_gates, parts)]
+        level = torch.softmax(self.level_gate(x), dim=1) * len(self.level_channels)
+        return channel, level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.level_channels, dim=1)
+        channel, level = self.weights(x)
+        return torch.cat([p * c * level[:, i:i + 1] for i, (p, c) in enumerate(zip(parts, channel))], 1)
+
+
 def _conv_bn_relu(cin: int, cout: int, kernel: int, dilation: int = 1) -> nn.Sequential:
     pad = dilation * (kernel - 1) // 2
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, padding=pad, dilation=dilation, bias=False),
@@ -231,8 +310,12 @@ class SegmentationNet(nn.Module):
     head keep PyTorch's default init in both cases, as in the official code.
     """
 
-    def __init__(self, in_channels: int, width: int = 256, aspp: str = "official", init: str = "official"):
+    def __init__(self, in_channels: int, width: int = 256, aspp: str = "official", init: str = "official",
+                 fusion_levels=None):
         super().__init__()
+        # PFADSeg's adaptive fusion in front of the residual blocks when ``fusion_levels`` (the channel
+        # count of each level in the input) is given; DeSTSeg concatenates plainly (None)
+        self.fusion = AdaptiveFeatureFusion(fusion_levels) if fusion_levels else None
         self.res = _stage(in_channels, width)
         if init == "official":
             kaiming_init_(self.res)
@@ -249,6 +332,8 @@ class SegmentationNet(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fusion is not None:
+            x = self.fusion(x)
         return torch.sigmoid(self.head(self.res(x)))
 
 
@@ -276,9 +361,14 @@ def segmentation_input(t_feats, s_feats, mode: str = "product") -> torch.Tensor:
     return torch.cat([F.interpolate(p, size=size, mode="bilinear", align_corners=False) for p in parts], 1)
 
 
+def segmentation_level_channels(teacher_channels, mode: str) -> list[int]:
+    """Channels of each level's block in :func:`segmentation_input`."""
+    return {"product": list(teacher_channels), "cosine": [1] * len(teacher_channels),
+            "concat": [2 * c for c in teacher_channels]}[mode]
+
+
 def segmentation_channels(teacher_channels, mode: str) -> int:
-    return {"product": sum(teacher_channels), "cosine": len(teacher_channels),
-            "concat": 2 * sum(teacher_channels)}[mode]
+    return sum(segmentation_level_channels(teacher_channels, mode))
 
 
 def de_st_map(cosine_maps: list[torch.Tensor], size) -> torch.Tensor:
@@ -301,18 +391,22 @@ class DeSTSeg(nn.Module):
 
     def __init__(self, teacher: str = "resnet18", teacher_weights: str | None = "imagenet",
                  seg_input: str = "product", seg_width: int = 256, aspp: str = "official",
-                 init: str = "official", student_arch: str = "encoder_decoder", segmentation: bool = True):
+                 init: str = "official", student_arch: str = "encoder_decoder", segmentation: bool = True,
+                 seg_fusion: str = "concat"):
         super().__init__()
         self.teacher = Teacher(teacher, teacher_weights)
-        if student_arch == "encoder_decoder":
-            self.student = DenoisingStudent(self.teacher.channels, init)
-        elif student_arch == "plain":
-            self.student = PlainStudent(self.teacher.channels, init)
-        else:
-            raise ValueError(f"student_arch={student_arch!r}: choose 'encoder_decoder' or 'plain'")
+        students = {"encoder_decoder": DenoisingStudent, "plain": PlainStudent,
+                    "teacher_decoder": TeacherDecoderStudent}
+        if student_arch not in students:
+            raise ValueError(f"student_arch={student_arch!r}: choose one of {tuple(students)}")
+        self.student = students[student_arch](self.teacher.channels, init)
         self.seg_input = seg_input
-        self.segmentation = (SegmentationNet(segmentation_channels(self.teacher.channels, seg_input), seg_width,
-                                             aspp, init) if segmentation else None)
+        levels = segmentation_level_channels(self.teacher.channels, seg_input)
+        if seg_fusion not in ("concat", "adaptive"):
+            raise ValueError(f"seg_fusion={seg_fusion!r}: choose 'concat' or 'adaptive'")
+        self.segmentation = (SegmentationNet(sum(levels), seg_width, aspp, init,
+                                             levels if seg_fusion == "adaptive" else None)
+                             if segmentation else None)
         mean, std = TEACHER_NORMALISATION[teacher]
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
@@ -322,15 +416,26 @@ class DeSTSeg(nn.Module):
         """The model a config describes; ``teacher_weights``, when given, overrides
         ``cfg.teacher_weights`` (e.g. "checkpoint" when saved weights are loaded next)."""
         return cls(cfg.teacher, cfg.teacher_weights if teacher_weights is ... else teacher_weights, cfg.seg_input, cfg.seg_width,
-                   cfg.aspp, cfg.init, cfg.student_arch, cfg.segmentation)
+                   cfg.aspp, cfg.init, cfg.student_arch, cfg.segmentation, cfg.seg_fusion)
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
 
+    def student_features(self, x: torch.Tensor, t_feats=None) -> list[torch.Tensor]:
+        """The student's features of the normalised images ``x``.  PFADSeg's student decodes the
+        teacher's features of ``x`` (computed here, without gradient, unless given)."""
+        if getattr(self.student, "takes_teacher_features", False):
+            if t_feats is None:
+                with torch.no_grad():
+                    t_feats = self.teacher(x)
+            return self.student(t_feats)
+        return self.student(x)
+
     def features(self, images: torch.Tensor):
         """Teacher and student features of the same images (in [0, 1])."""
         x = self.normalize(images)
-        return self.teacher(x), self.student(x)
+        t_feats = self.teacher(x)
+        return t_feats, self.student_features(x, t_feats)
 
     def forward(self, images: torch.Tensor) -> dict:
         t_feats, s_feats = self.features(images)

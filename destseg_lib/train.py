@@ -84,14 +84,17 @@ def build_model(cfg: DeSTSegConfig) -> DeSTSeg:
 
 
 def make_optimizers(model: DeSTSeg, cfg: DeSTSegConfig):
-    """SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks, 0.01 seg head.
+    """SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks (and PFADSeg's adaptive
+    fusion in front of them), 0.01 seg head (ASPP and convs).
     The second optimiser is None for a DeST-only model (no segmentation net)."""
     kw = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     student = torch.optim.SGD(model.student.parameters(), lr=cfg.lr_student, **kw)
     if model.segmentation is None:
         return student, None
-    seg = torch.optim.SGD([{"params": model.segmentation.res.parameters(), "lr": cfg.lr_seg_res},
-                           {"params": model.segmentation.head.parameters(), "lr": cfg.lr_seg_head}], **kw)
+    net = model.segmentation
+    front = list(net.res.parameters()) + (list(net.fusion.parameters()) if net.fusion is not None else [])
+    seg = torch.optim.SGD([{"params": front, "lr": cfg.lr_seg_res},  # PFADSeg's fusion with the res blocks
+                           {"params": net.head.parameters(), "lr": cfg.lr_seg_head}], **kw)
     return student, seg
 
 
@@ -127,7 +130,7 @@ def training_step(model: DeSTSeg, batch, cfg: DeSTSegConfig, stage: int, optimiz
         if stage == 1:
             with torch.no_grad():
                 t_feats = model.teacher(model.normalize(clean))
-            s_feats = model.student(model.normalize(aug if cfg.denoising else clean))
+            s_feats = model.student_features(model.normalize(aug if cfg.denoising else clean))
             maps = [m.float() for m in cosine_distance_maps(t_feats, s_feats)]
         else:
             with torch.no_grad():
