@@ -8,15 +8,20 @@
 #   TARGET_DIR defaults to $DESTSEG_DATA, else ./data.
 #
 # Every archive is checked against a SHA-256 before use. Downloads resume (curl -C -
-# into <file>.part, renamed only after verification); a finished dataset gets a
-# <dir>/<name>/.done marker and is skipped on later runs. Archive members that would
-# land outside the target (absolute paths, "..", links pointing outside, devices) make
-# the script refuse the whole archive before anything is extracted.
+# into <file>.part, renamed only after verification); a partial file that cannot be
+# resumed (stale, from another URL, or larger than the file) is discarded and the
+# download restarted. A finished dataset gets a <dir>/<name>/.done marker and is skipped
+# on later runs. An archive that does not open is moved aside (<file>.bad-<time>) so the
+# next run fetches it again. Sources without a published hash (MTD): the hash of the first
+# good download is recorded in <dir>/.<name>.sha256 and later downloads must match it.
+# Archive members that would land outside the target (absolute paths, "..", links
+# pointing outside, devices) make the script refuse the whole archive before anything
+# is extracted.
 #
 # Environment overrides (the tests use file:// URLs):
 #   DESTSEG_{MVTEC,DTD,MTD}_URL      download URL
-#   DESTSEG_{MVTEC,DTD,MTD}_SHA256   expected SHA-256; set to "" to skip the check
-#                                    (the computed hash is printed so you can record it)
+#   DESTSEG_{MVTEC,DTD,MTD}_SHA256   expected SHA-256; "" = none published (then the first
+#                                    good download's hash is recorded and enforced)
 #   DESTSEG_KEEP_ARCHIVES=1          keep the downloaded archives after extraction
 #   DESTSEG_PYTHON                   python used to list/extract archives (default python3)
 set -euo pipefail
@@ -36,7 +41,7 @@ MTD_SHA256="${DESTSEG_MTD_SHA256-}"
 PYTHON="${DESTSEG_PYTHON:-$(command -v python3 || command -v python || true)}"
 
 usage() {
-    sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
 }
 die() { echo "data_download.sh: error: $*" >&2; exit 1; }
 
@@ -50,21 +55,26 @@ print(h.hexdigest())' "$1"
     fi
 }
 
-# verify FILE EXPECTED NAME -> 0 if ok (or no hash recorded), 1 on mismatch
+# verify FILE EXPECTED NAME [RECORD] -> 0 if ok (or no hash known yet), 1 on mismatch.
+# RECORD: the file the expected hash was read from (trust-on-first-use), for the messages.
 verify() {
-    local file=$1 want=$2 name=$3 got
+    local file=$1 want=$2 name=$3 record=${4:-} got
     echo "$name: computing SHA-256 of $(basename "$file") ..."
     got=$(sha256_of "$file")
     if [[ -z "$want" ]]; then
         local var="DESTSEG_${name^^}_SHA256"
-        echo "WARNING: $name: no SHA-256 recorded, cannot verify the download." >&2
+        echo "WARNING: $name: no published SHA-256, cannot verify this first download." >&2
         echo "WARNING: $name: computed sha256 = $got" >&2
-        echo "WARNING: record it (export $var=$got) so future downloads are checked." >&2
+        echo "WARNING: it is recorded once the archive extracts, and later downloads must match it (or export $var=<hash>)." >&2
         return 0
     fi
     if [[ "${got,,}" != "${want,,}" ]]; then
         echo "data_download.sh: error: $name: SHA-256 mismatch for $file" >&2
-        echo "  expected $want" >&2
+        if [[ -n "$record" ]]; then
+            echo "  expected $want (recorded from the first good download in $record)" >&2
+        else
+            echo "  expected $want" >&2
+        fi
         echo "  got      $got" >&2
         return 1
     fi
@@ -72,9 +82,11 @@ verify() {
 }
 
 # safe_extract ARCHIVE DEST: refuse unsafe members, then extract (tar.* or zip).
+# Exit status: 0 ok; 1 unsafe members refused; 3 the archive does not open or is corrupt
+# (truncated, not an archive, an HTML page); 4 writing the files failed (disk full ...).
 safe_extract() {
     "$PYTHON" - "$1" "$2" <<'PY'
-import os, posixpath, stat, sys, tarfile, zipfile
+import errno, os, posixpath, stat, sys, tarfile, zipfile, zlib
 
 archive, dest = sys.argv[1], sys.argv[2]
 
@@ -86,28 +98,37 @@ def escapes(name, base="."):
         return True
     return posixpath.normpath(posixpath.join(base, name)).startswith("..")
 
-bad = []
-if zipfile.is_zipfile(archive):
-    with zipfile.ZipFile(archive) as zf:
-        infos = zf.infolist()
-        for i in infos:
-            mode = i.external_attr >> 16
-            if escapes(i.filename):
-                bad.append(f"{i.filename} (path leaves the target folder)")
-            elif stat.S_ISLNK(mode):
-                target = zf.read(i).decode("utf-8", "replace")
-                if escapes(target, posixpath.dirname(i.filename)):
-                    bad.append(f"{i.filename} -> {target} (link points outside)")
-        if bad:
-            sys.exit("refusing unsafe archive members:\n  " + "\n  ".join(bad))
-        for i in infos:
-            if not stat.S_ISLNK(i.external_attr >> 16):
-                zf.extract(i, dest)
-else:
+def corrupt(why):
+    with open(archive, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<?xml", b"{")):
+        why = "the server sent a web page or an error message, not the archive"
+    print(f"{os.path.basename(archive)} does not open as an archive ({why})", file=sys.stderr)
+    sys.exit(3)
+
+def extract():
+    bad = []
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zf:
+            infos = zf.infolist()
+            for i in infos:
+                mode = i.external_attr >> 16
+                if escapes(i.filename):
+                    bad.append(f"{i.filename} (path leaves the target folder)")
+                elif stat.S_ISLNK(mode):
+                    target = zf.read(i).decode("utf-8", "replace")
+                    if escapes(target, posixpath.dirname(i.filename)):
+                        bad.append(f"{i.filename} -> {target} (link points outside)")
+            if bad:
+                sys.exit("refusing unsafe archive members:\n  " + "\n  ".join(bad))
+            for i in infos:
+                if not stat.S_ISLNK(i.external_attr >> 16):
+                    zf.extract(i, dest)
+        return
     try:
         tf = tarfile.open(archive)
     except tarfile.TarError as e:
-        sys.exit(f"{archive} is neither a zip nor a tar archive ({e})")
+        corrupt(f"neither a zip nor a tar archive: {e}")
     with tf:
         members = tf.getmembers()
         for m in members:
@@ -125,7 +146,34 @@ else:
             tf.extractall(dest, members=members, filter="data")
         else:
             tf.extractall(dest, members=members)
+
+try:
+    import lzma
+    archive_errors = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error,
+                      lzma.LZMAError, EOFError, NotImplementedError)
+except ImportError:
+    archive_errors = (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError)
+try:
+    extract()
+except archive_errors as e:
+    corrupt(f"{type(e).__name__}: {e}")
+except OSError as e:
+    if e.errno in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EPERM):
+        print(f"cannot write the extracted files: {e}", file=sys.stderr)
+        sys.exit(4)
+    corrupt(f"{type(e).__name__}: {e}")
 PY
+}
+
+# download NAME URL PART -> 0 ok; 1 the partial file cannot be resumed (server refuses the
+# range: stale or larger than the file); 2 other failure (network ...: keep PART, resume later)
+download() {
+    local name=$1 url=$2 part=$3 code rc=0
+    code=$(curl -fL --retry 3 --progress-bar -C - -w '%{http_code}' -o "$part" "$url") || rc=$?
+    if (( rc == 0 )); then return 0; fi
+    echo "$name: curl failed (exit $rc${code:+, HTTP $code})" >&2
+    if (( rc == 33 || rc == 36 )) || [[ $rc == 22 && "$code" == 416 ]]; then return 1; fi
+    return 2
 }
 
 # fetch NAME URL SHA256 FILE  (FILE: local archive name, fixed so resuming survives URL changes)
@@ -133,7 +181,7 @@ fetch() {
     local name=$1 url=$2 sha=$3 file=$4
     local dest="$TARGET/$name" marker="$TARGET/$name/.done"
     local dl="$TARGET/.downloads" ; local archive="$dl/$file" part="$dl/$file.part"
-    local staging="$TARGET/.$name.staging"
+    local staging="$TARGET/.$name.staging" record="$TARGET/.$name.sha256" recorded=""
 
     if [[ -f "$marker" ]]; then
         echo "$name: already done in $dest (remove $marker to redo); nothing to do."
@@ -143,44 +191,89 @@ fetch() {
         die "$name: $dest exists but was not completed by this script (no $marker). Move or delete it, or choose another target folder."
     fi
     mkdir -p "$dl"
+    if [[ -z "$sha" && -s "$record" ]]; then  # no published hash: the first good download's
+        sha=$(head -n1 "$record" | cut -d' ' -f1); recorded=$record
+        echo "$name: no published SHA-256; checking against the hash recorded at the first download ($record)"
+    fi
+    local mismatch_hint="The file is corrupt or changed upstream; run again to retry, or set DESTSEG_${name^^}_SHA256 if you trust the new file."
+    if [[ -n "$recorded" ]]; then
+        mismatch_hint="The file is corrupt or changed upstream; run again to retry, or, if upstream really changed it, delete $record to accept the new file."
+    fi
 
     if [[ -f "$archive" ]]; then
         echo "$name: reusing downloaded $archive"
-        if ! verify "$archive" "$sha" "$name"; then
-            rm -f "$archive"; die "$name: deleted the corrupt $archive; run the script again to re-download."
+        if ! verify "$archive" "$sha" "$name" "$recorded"; then
+            rm -f "$archive"; die "$name: deleted the corrupt $archive. $mismatch_hint"
         fi
     else
-        if [[ -s "$part" ]]; then
-            echo "$name: resuming download of $url from byte $(wc -c <"$part" | tr -d ' ')"
-        else
-            echo "$name: downloading $url"
-        fi
-        if ! curl -fL --retry 3 --progress-bar -C - -o "$part" "$url"; then
-            # a complete .part makes some servers answer "range not satisfiable": accept it if it verifies
-            if [[ -z "$sha" || ! -s "$part" ]] || [[ "$(sha256_of "$part")" != "${sha,,}" ]]; then
-                die "$name: download from $url failed; run the script again to resume (partial file: $part)."
-            fi
-        fi
-        if ! verify "$part" "$sha" "$name"; then
+        # a partial file from another URL is stale: start afresh
+        if [[ -s "$part" && -f "$part.url" && "$(cat "$part.url")" != "$url" ]]; then
+            echo "$name: discarding the partial download $part: it came from another URL ($(cat "$part.url"))" >&2
             rm -f "$part"
-            die "$name: deleted the bad download. The file is corrupt or changed upstream; run again to retry, or set DESTSEG_${name^^}_SHA256 if you trust the new file."
         fi
+        printf '%s\n' "$url" >"$part.url"
+        local attempt resumed rc
+        for attempt in 1 2; do
+            resumed=0
+            if [[ -s "$part" ]]; then
+                resumed=1
+                echo "$name: resuming download of $url from byte $(wc -c <"$part" | tr -d ' ')"
+            else
+                echo "$name: downloading $url"
+            fi
+            rc=0; download "$name" "$url" "$part" || rc=$?
+            if (( rc == 1 )) && [[ -n "$sha" && -s "$part" && "$(sha256_of "$part")" == "${sha,,}" ]]; then
+                rc=0  # a complete .part makes some servers answer "range not satisfiable": it verifies
+            fi
+            if (( rc == 1 && resumed && attempt == 1 )); then
+                echo "$name: the partial file $part ($(wc -c <"$part" | tr -d ' ') bytes) cannot be resumed (stale, or larger than the file on the server): discarded it, downloading again from the start" >&2
+                rm -f "$part"; continue
+            fi
+            if (( rc != 0 )); then
+                if (( rc == 1 )); then rm -f "$part"; fi
+                if [[ -s "$part" ]]; then
+                    die "$name: download from $url failed; run the script again to resume (partial file: $part)."
+                fi
+                die "$name: download from $url failed; check the URL and your connection, then run the script again."
+            fi
+            if verify "$part" "$sha" "$name" "$recorded"; then break; fi
+            if (( resumed && attempt == 1 )); then
+                echo "$name: the resumed download does not match: the partial file was stale; discarded it, downloading again from the start" >&2
+                rm -f "$part"; continue
+            fi
+            rm -f "$part" "$part.url"
+            die "$name: deleted the bad download. $mismatch_hint"
+        done
         mv -f "$part" "$archive"
+        rm -f "$part.url"
     fi
 
     echo "$name: checking archive members and extracting ..."
     rm -rf "$staging"; mkdir -p "$staging"
-    if ! safe_extract "$archive" "$staging"; then
+    local xrc=0
+    safe_extract "$archive" "$staging" || xrc=$?
+    if (( xrc != 0 )); then
         rm -rf "$staging"
+        if (( xrc == 3 )); then
+            local aside
+            aside="$archive.bad-$(date -u +%Y%m%dT%H%M%SZ)"
+            mv -f "$archive" "$aside"
+            die "$name: the downloaded archive is damaged or not an archive (see above): moved it aside to $aside; run the script again to download it afresh (and delete $aside)."
+        fi
         die "$name: refused or failed to extract $archive (nothing was installed in $dest)."
     fi
     # an archive with one top-level folder (dtd/, Magnetic-...-master/) is unwrapped
-    local entries=() src="$staging"
+    local entries=() src="$staging" got
     mapfile -t entries < <(find "$staging" -mindepth 1 -maxdepth 1)
     if [[ ${#entries[@]} -eq 1 && -d "${entries[0]}" ]]; then src="${entries[0]}"; fi
     mv "$src" "$dest"
     rm -rf "$staging"
-    printf 'url=%s\nsha256=%s\ndate=%s\n' "$url" "$(sha256_of "$archive")" "$(date -u +%FT%TZ)" >"$marker"
+    got=$(sha256_of "$archive")
+    printf 'url=%s\nsha256=%s\ndate=%s\n' "$url" "$got" "$(date -u +%FT%TZ)" >"$marker"
+    if [[ -z "$sha" ]]; then  # first good download of a source without a published hash
+        printf '%s  %s\n' "$got" "$file" >"$record"
+        echo "$name: recorded its SHA-256 in $record; later downloads must match it."
+    fi
     if [[ "${DESTSEG_KEEP_ARCHIVES:-0}" != 1 ]]; then rm -f "$archive"; fi
     echo "$name: done -> $dest"
 }

@@ -13,18 +13,62 @@ One module per section of the paper::
     infer       anomaly maps and top-T image scores (Sec. 3.4)
     metrics     exact image/pixel AUROC, AP, AUPRO, IAP, IAP@90 (Sec. 4.2)
     experiment  train-or-load -> predict -> evaluate -> figures
-    viz         figures
-"""
-from .checkpoint import load_model
-from .config import PRESETS, DeSTSegConfig, get_preset
-from .data import (DataError, DatasetSplit, Sample, TestImages, TrainImages, folder_split, mtd_split,
-                   mvtec_split, open_dataset)
-from .experiment import evaluate_predictions, format_table, load_or_train, open_split, per_defect, run
-from .infer import Predictions, predict, predict_dataset, top_t_score
-from .models import DeSTSeg
-from .synthesis import AnomalySynthesizer, blend_anomaly, perlin_mask, perlin_noise
-from .textures import BuiltinTextures, FolderTextures, make_texture_source
-from .toy import make_toy_dataset
-from .train import train
+    viz         figures (a leaf: numpy + matplotlib)
+    widgets     the notebooks' interactive explorers and the numbers behind them
+    notebook    the notebooks' glue: set-up, live loss curve, source display
 
+The names below are imported lazily, on first use (``ds.get_preset`` imports ``config``, and so
+on): ``import destseg_lib.viz`` loads the figures without torch, the models or the training code.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+_EXPORTS = {
+    "checkpoint": ("load_model",),
+    "config": ("PRESETS", "DeSTSegConfig", "get_preset"),
+    "data": ("DataError", "DatasetSplit", "Sample", "TestImages", "TrainImages", "folder_split", "mtd_split",
+             "mvtec_split", "open_dataset"),
+    "experiment": ("evaluate_predictions", "format_table", "load_or_train", "open_split", "per_defect", "run"),
+    "infer": ("Predictions", "predict", "predict_dataset", "top_t_score"),
+    "models": ("DeSTSeg",),
+    "synthesis": ("AnomalySynthesizer", "blend_anomaly", "perlin_mask", "perlin_noise"),
+    "textures": ("BuiltinTextures", "FolderTextures", "make_texture_source"),
+    "toy": ("make_toy_dataset",),
+    "train": ("train",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value  # later lookups skip this function
+        return value
+    try:  # a submodule, e.g. ``ds.viz`` or ``ds.metrics``
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as e:
+        if e.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))
+
+
+class _Package(types.ModuleType):
+    """``train`` is both a submodule and a function: importing the submodule must not shadow the
+    function (``ds.train(...)``), as it would on a plain module."""
+
+    def __setattr__(self, name, value):
+        if name in _WHERE and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -499,9 +499,11 @@ class MetricAccumulator:
             out["pixel_ap"] = core.pixel_ap()
             out["aupro"] = core.aupro(self.fpr_limit)
             out["iap"], out[k_key] = core.iap(self.recall_at)
+            # the paper's Table 3 numbers come from the official code's interpolated IAP
+            out["iap_interp"], out[k_key + "_interp"] = core.iap(self.recall_at, interpolated=True)
         else:
             warnings.warn(f"pixel metrics set to NaN: {problem}", RuntimeWarning, stacklevel=2)
-            for key in ("pixel_auroc", "pixel_ap", "aupro", "iap", k_key):
+            for key in ("pixel_auroc", "pixel_ap", "aupro", "iap", k_key, "iap_interp", k_key + "_interp"):
                 out[key] = math.nan
         out["n_images"] = int(self._n_images)
         out["n_anomalous_images"] = n_anom_img
@@ -650,7 +652,9 @@ def evaluate(maps, masks, scores=None, labels=None, fpr_limit: float = 0.3, ioi:
 
     Returns:
         dict with float ``image_auroc, pixel_auroc, pixel_ap, aupro, iap`` and ``iap90`` (named
-        ``iap@{recall_at:g}`` when recall_at != 0.9), plus int ``n_images,
+        ``iap@{recall_at:g}`` when recall_at != 0.9), the same two from the interpolated
+        precision curve, ``iap_interp`` and ``iap90_interp`` (``iap(..., interpolated=True)``:
+        what the paper's Table 3 reports, see :func:`iap`), plus int ``n_images,
         n_anomalous_images, n_regions``.  When the set has no anomalous (or no normal) pixel
         the pixel metrics are NaN and a RuntimeWarning says why; likewise image_auroc when the
         images are all of one class.

@@ -1,87 +1,123 @@
-"""The paper's own numbers for DeSTSeg on MVTec AD (Zhang et al., CVPR 2023, Tables 1-3), as plain dicts.
+"""The paper's own numbers (Zhang et al., DeSTSeg, CVPR 2023, Tables 1-6), read from package data.
 
-Every value is ``(mean, std)`` in percent over the paper's 5 runs with different seeds (Sec. 4.3),
-transcribed from the "Ours" column:
+The numbers live in ``destseg_lib/paper_numbers.json`` (its ``"source"`` entry names the paper, the
+text they were transcribed from and the conventions); ``tests/test_paper.py`` checks every value
+against the paper's text.  All are percent, on MVTec AD, at the paper's setting (256x256, ResNet18
+teacher, 1000 + 4000 steps, ground truth downsampled bilinearly and rounded at 0.5):
 
 * Table 1 — image-level AUROC.  The paper's text only gives the average (98.6 ± 0.4); the
   per-category values are in its supplementary material, not transcribed here.
-* Table 2 — pixel-level AUROC / AP per category.
-* Table 3 — instance-level IAP / IAP@90 per category (Sec. 4.2 defines IAP).
+* Table 2 — pixel-level AUROC / AP per category, ``(mean, std)`` over 5 seeds (Sec. 4.3).
+* Table 3 — instance-level IAP / IAP@90 per category, ``(mean, std)`` over 5 seeds.  **These are
+  the official code's interpolated IAP** (each precision replaced by the maximum precision at any
+  higher recall): compare them with ``iap_interp`` / ``iap90_interp`` of
+  :func:`destseg_lib.metrics.evaluate`, not with the kit's step-wise ``iap`` / ``iap90``.
+* Tables 4-6 — the ablations (architecture den/ed/seg, the L1 loss, the segmentation input),
+  averages over MVTec AD of image AUROC, pixel AP and (interpolated) IAP; no std.
 
-All at the paper's setting (256x256, ResNet18 teacher, 1000 + 4000 steps, ground truth downsampled
-bilinearly and rounded at 0.5).  :func:`paper_table` gathers one category's row;
-:func:`compare_table` prints a run's numbers next to it.
+:func:`paper_table` gathers one category's Table 1-3 row, :func:`compare_table` prints a run's
+numbers beside it (like with like: interpolated IAP beside the paper's), :func:`ablation_rows`
+finds the Table 4-6 rows a configuration reproduces.
 """
 from __future__ import annotations
 
+import json
 import math
+from importlib import resources
 
-CATEGORIES = ("bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill",
-              "screw", "tile", "toothbrush", "transistor", "wood", "zipper")
+#: The transcribed numbers and their source (``destseg_lib/paper_numbers.json``).
+NUMBERS: dict = json.loads(resources.files(__package__).joinpath("paper_numbers.json").read_text("utf-8"))
+SOURCE: dict = NUMBERS["source"]
+
+CATEGORIES = tuple(NUMBERS["categories"])
+#: Keys of :func:`paper_table` (the paper's Tables 1-3 columns).
 KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "iap", "iap90")
 LABELS = {"image_auroc": "image AUROC (T1)", "pixel_auroc": "pixel AUROC (T2)", "pixel_ap": "pixel AP (T2)",
-          "iap": "IAP (T3)", "iap90": "IAP@90 (T3)"}
+          "iap": "IAP interp. (T3)", "iap90": "IAP@90 interp. (T3)"}
+#: Which key of a run's results (:func:`destseg_lib.metrics.evaluate`) stands beside which paper
+#: column: the paper's IAP is the interpolated one.
+OURS_FOR_PAPER = {"image_auroc": "image_auroc", "pixel_auroc": "pixel_auroc", "pixel_ap": "pixel_ap",
+                  "iap": "iap_interp", "iap90": "iap90_interp"}
+#: The tolerance added to the paper's std when asking "within the paper's ± std": the printed
+#: values are rounded to 0.1, so a mean is only known to ± 0.05.
+ROUNDING = 0.05
 
 # Table 1: image-level AUROC, average over the 15 categories only (per category: supplementary).
-TABLE1_IMAGE_AUROC = {"average": (98.6, 0.4)}
-
+TABLE1_IMAGE_AUROC = {"average": tuple(NUMBERS["table1_image_auroc"]["average"])}
 # Table 2: pixel-level (AUROC, AP), each (mean, std).
-TABLE2_PIXEL = {
-    "bottle": {"pixel_auroc": (99.2, 0.2), "pixel_ap": (90.3, 1.8)},
-    "cable": {"pixel_auroc": (97.3, 0.4), "pixel_ap": (60.4, 2.3)},
-    "capsule": {"pixel_auroc": (99.1, 0.0), "pixel_ap": (56.3, 1.1)},
-    "carpet": {"pixel_auroc": (96.1, 2.2), "pixel_ap": (72.8, 5.8)},
-    "grid": {"pixel_auroc": (99.1, 0.1), "pixel_ap": (61.5, 1.6)},
-    "hazelnut": {"pixel_auroc": (99.6, 0.2), "pixel_ap": (88.4, 2.2)},
-    "leather": {"pixel_auroc": (99.7, 0.0), "pixel_ap": (75.6, 1.2)},
-    "metal_nut": {"pixel_auroc": (98.6, 0.4), "pixel_ap": (93.5, 1.1)},
-    "pill": {"pixel_auroc": (98.7, 0.4), "pixel_ap": (83.1, 4.2)},
-    "screw": {"pixel_auroc": (98.5, 0.3), "pixel_ap": (58.7, 3.7)},
-    "tile": {"pixel_auroc": (98.0, 0.7), "pixel_ap": (90.0, 2.5)},
-    "toothbrush": {"pixel_auroc": (99.3, 0.1), "pixel_ap": (75.2, 1.8)},
-    "transistor": {"pixel_auroc": (89.1, 3.4), "pixel_ap": (64.8, 4.0)},
-    "wood": {"pixel_auroc": (97.7, 0.3), "pixel_ap": (81.9, 1.2)},
-    "zipper": {"pixel_auroc": (99.1, 0.5), "pixel_ap": (85.2, 3.3)},
-    "average": {"pixel_auroc": (97.9, 0.3), "pixel_ap": (75.8, 0.8)},
-}
-
-# Table 3: instance-level (IAP, IAP@90), each (mean, std).
-TABLE3_INSTANCE = {
-    "bottle": {"iap": (90.5, 1.7), "iap90": (82.5, 4.1)},
-    "cable": {"iap": (51.1, 2.5), "iap90": (26.7, 3.7)},
-    "capsule": {"iap": (49.4, 1.5), "iap90": (27.3, 3.3)},
-    "carpet": {"iap": (84.5, 4.9), "iap90": (58.6, 17.1)},
-    "grid": {"iap": (61.6, 1.8), "iap90": (47.4, 2.9)},
-    "hazelnut": {"iap": (87.7, 1.8), "iap90": (77.6, 3.4)},
-    "leather": {"iap": (77.5, 1.8), "iap90": (65.3, 3.9)},
-    "metal_nut": {"iap": (93.6, 1.3), "iap90": (86.5, 2.7)},
-    "pill": {"iap": (84.8, 3.8), "iap90": (61.1, 12.4)},
-    "screw": {"iap": (53.6, 3.6), "iap90": (8.6, 2.3)},
-    "tile": {"iap": (94.7, 1.8), "iap90": (86.5, 3.6)},
-    "toothbrush": {"iap": (59.8, 2.9), "iap90": (32.1, 5.1)},
-    "transistor": {"iap": (78.3, 2.5), "iap90": (49.6, 8.4)},
-    "wood": {"iap": (87.8, 2.8), "iap90": (76.4, 3.4)},
-    "zipper": {"iap": (90.6, 2.3), "iap90": (80.3, 4.9)},
-    "average": {"iap": (76.4, 1.0), "iap90": (57.8, 1.8)},
-}
-
-# Tables 4-6 (ablations, averages over MVTec AD, no std): DeSTSeg's row and the variants named in the text.
-TABLE5_L1 = {"w/o L1 loss": (97.9, 72.2, 74.4), "w/ L1 loss": (98.6, 75.8, 76.4)}  # img AUC, pix AP, IAP
-TABLE6_SEG_INPUT = {"concatenated-ST input": (98.0, 72.2, 72.6), "cosine-distance input": (98.5, 72.0, 74.5),
-                    "DeSTSeg (product)": (98.6, 75.8, 76.4)}
+TABLE2_PIXEL = {c: {k: tuple(v) for k, v in row.items()} for c, row in NUMBERS["table2_pixel"].items()}
+# Table 3: instance-level (IAP, IAP@90), interpolated, each (mean, std).
+TABLE3_INSTANCE = {c: {k: tuple(v) for k, v in row.items()} for c, row in NUMBERS["table3_instance"].items()}
+# Tables 4-6 (ablations, averages over MVTec AD, no std): rows as dicts with the switches and
+# image_auroc, pixel_ap, iap.
+TABLE4_ARCHITECTURE = tuple(NUMBERS["table4_architecture"])
+TABLE5_L1_ROWS = tuple(NUMBERS["table5_l1"])
+TABLE6_SEG_INPUT_ROWS = tuple(NUMBERS["table6_seg_input"])
+# The earlier compact forms: {row name: (image AUROC, pixel AP, IAP)}.
+TABLE5_L1 = {r["row"]: (r["image_auroc"], r["pixel_ap"], r["iap"]) for r in TABLE5_L1_ROWS}
+TABLE6_SEG_INPUT = {("DeSTSeg (product)" if r["seg_input"] == "product" else r["row"]):
+                    (r["image_auroc"], r["pixel_ap"], r["iap"]) for r in TABLE6_SEG_INPUT_ROWS}
+#: The columns of Tables 4-6.
+ABLATION_KEYS = ("image_auroc", "pixel_ap", "iap")
+#: Config fields the ablation tables switch (Sec. 4.4), and the official recipe's value of each.
+ABLATION_FIELDS = {"denoising": True, "student_arch": "encoder_decoder", "segmentation": True, "l1_loss": True,
+                   "seg_input": "product"}
 
 
 def paper_table(category: str = "average") -> dict:
     """The paper's DeSTSeg numbers for one MVTec AD category (or ``"average"``).
 
     Returns ``{key: (mean, std) or None}`` for the keys ``image_auroc, pixel_auroc, pixel_ap, iap,
-    iap90`` (percent).  ``image_auroc`` is None for a single category: the paper's text reports only
-    its average (Table 1).
+    iap90`` (percent; ``iap`` / ``iap90`` are the interpolated IAP).  ``image_auroc`` is None for a
+    single category: the paper's text reports only its average (Table 1).
     """
     cat = (category or "average").lower()
     if cat not in TABLE2_PIXEL:
         raise KeyError(f"{category!r} is not an MVTec AD category; choose one of {CATEGORIES} or 'average'")
     return {"image_auroc": TABLE1_IMAGE_AUROC.get(cat), **TABLE2_PIXEL[cat], **TABLE3_INSTANCE[cat]}
+
+
+def ablation_rows(config: dict, variant_overrides: dict | None = None) -> list[dict]:
+    """The rows of Tables 4-6 that a run with ``config`` (a config dict) reproduces.
+
+    ``variant_overrides``: when given, the fields this run changes on top of the batch's common
+    settings; a run that changes anything but the ablation switches (:data:`ABLATION_FIELDS`)
+    reproduces no row.  Returns dicts ``{"table": 4|5|6, "row": label, image_auroc, pixel_ap, iap}``.
+    A run with ``segmentation=False`` trains no stage 2, so its L1 and seg_input settings do not
+    matter.  A config of another model than DeSTSeg (PFADSeg: ``student_arch="teacher_decoder"``,
+    ``seg_fusion="adaptive"``) reproduces no row.
+    """
+    if variant_overrides and set(variant_overrides) - set(ABLATION_FIELDS):
+        return []
+    if config.get("seg_fusion", "concat") != "concat" or config.get("student_arch") not in (None, "encoder_decoder",
+                                                                                           "plain"):
+        return []  # another model than DeSTSeg (e.g. PFADSeg's teacher-decoder student, adaptive fusion)
+    c = {k: config.get(k, v) for k, v in ABLATION_FIELDS.items()}
+    den, ed, seg = bool(c["denoising"]), c["student_arch"] == "encoder_decoder", bool(c["segmentation"])
+    default_head = (c["l1_loss"] and c["seg_input"] == "product") or not seg
+    out = []
+    if default_head:
+        for r in TABLE4_ARCHITECTURE:
+            if (r["den"], r["ed"], r["seg"]) == (den, ed, seg):
+                names = [n for n, on in (("den", den), ("ed", ed), ("seg", seg)) if on]
+                out.append({"table": 4, "row": f"{r['exp']} ({'+'.join(names) or 'none'})",
+                            **{k: r[k] for k in ABLATION_KEYS}})
+    if den and ed and seg:
+        if c["seg_input"] == "product":
+            for r in TABLE5_L1_ROWS:
+                if r["l1_loss"] == bool(c["l1_loss"]):
+                    out.append({"table": 5, "row": r["row"], **{k: r[k] for k in ABLATION_KEYS}})
+        if c["l1_loss"]:
+            for r in TABLE6_SEG_INPUT_ROWS:
+                if r["seg_input"] == c["seg_input"]:
+                    out.append({"table": 6, "row": r["row"], **{k: r[k] for k in ABLATION_KEYS}})
+    return out
+
+
+def within_std(ours: float, paper_mean: float, paper_std: float, rounding: float = ROUNDING) -> bool:
+    """Whether ``ours`` (percent) lies within the paper's ``mean ± std``, widened by the rounding of
+    the printed values (``rounding`` = 0.05: they are given to 0.1)."""
+    return abs(ours - paper_mean) <= paper_std + rounding + 1e-9
 
 
 def _cell(value) -> str:
@@ -95,16 +131,26 @@ def _cell(value) -> str:
 def compare_table(results: dict, category: str | None = None) -> str:
     """A fixed-width table: each method of ``results`` (``experiment.evaluate_predictions`` output,
     fractions) next to the paper's DeSTSeg row for ``category`` (percent, mean ± std over 5 seeds).
-    Where the paper has no per-category image AUROC, its average is shown and marked ``(avg)``."""
+
+    Like with like: the paper's IAP / IAP@90 (Table 3) are the interpolated ones, so the run's
+    ``iap_interp`` / ``iap90_interp`` stand in those columns; the kit's step-wise IAP follows in two
+    columns of its own, which the paper does not report.  Where the paper has no per-category image
+    AUROC, its average is shown and marked ``(avg)``."""
     paper = paper_table(category or "average")
-    rows = [(f"{name} (this run)", [_cell(res.get(k, math.nan)) for k in KEYS]) for name, res in results.items()]
-    cells = [_cell(paper[k]) for k in KEYS]
+    step = {"iap": "IAP step", "iap90": "IAP@90 step"}
+    labels = [LABELS[k] for k in KEYS] + list(step.values())
+    rows = [(f"{name} (this run)",
+             [_cell(res.get(OURS_FOR_PAPER[k])) for k in KEYS] + [_cell(res.get(k)) for k in step])
+            for name, res in results.items()]
+    cells = [_cell(paper[k]) for k in KEYS] + ["-", "-"]
     if paper["image_auroc"] is None:
         cells[0] = _cell(TABLE1_IMAGE_AUROC["average"]) + " (avg)"
     rows.append((f"paper DeSTSeg [{category or 'average'}]", cells))
     first = max(len(r[0]) for r in rows) + 2
-    widths = [max(len(LABELS[k]), *(len(r[1][i]) for r in rows)) + 2 for i, k in enumerate(KEYS)]
-    head = "".ljust(first) + "".join(LABELS[k].rjust(w) for k, w in zip(KEYS, widths))
+    widths = [max(len(lab), *(len(r[1][i]) for r in rows)) + 2 for i, lab in enumerate(labels)]
+    head = "".ljust(first) + "".join(lab.rjust(w) for lab, w in zip(labels, widths))
     lines = [head, "-" * len(head)]
     lines += [name.ljust(first) + "".join(c.rjust(w) for c, w in zip(cs, widths)) for name, cs in rows]
-    return "\n".join(lines)
+    note = ("IAP interp.: precision interpolated (running max), as the official code and the paper's "
+            "Table 3; IAP step: the kit's step-wise IAP, not in the paper")
+    return "\n".join(lines + [note])

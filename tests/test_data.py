@@ -356,3 +356,106 @@ def test_mtd_real_masks_match_images(mtd_root):
         assert it["mask"].shape == (1, 64, 64) and it["image"].shape == (3, 64, 64)
     good = next(i for i, x in enumerate(s.test) if x.label == 0)
     assert not t.native_mask(good).any()
+
+
+# ----------------------------------------------------------------------------- validation (issue #14, item 2)
+def _truncate(path, keep=0.5):
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: int(len(data) * keep)])
+
+
+def test_validate_split_lists_every_problem_at_once(tmp_path):
+    from destseg_lib.data import validate_split
+
+    c = _mvtec_tree(tmp_path, "widget", n_train=4)
+    assert validate_split(mvtec_split(tmp_path, "widget")).name == "mvtec/widget"  # intact: passes
+    _img(c / "train" / "good" / "003.png", h=64, w=64)  # big enough that half of it is truncated data
+    _truncate(c / "train" / "good" / "003.png")
+    _img(c / "test" / "good" / "000.png", h=64, w=64)
+    _truncate(c / "test" / "good" / "000.png")
+    (c / "test" / "good" / "001.JPG").write_bytes(b"<html>not an image</html>")
+    _mask(c / "ground_truth" / "crack" / "000_mask.png", h=11, w=10)  # image is 12x10
+    _mask(c / "ground_truth" / "scratch" / "001_mask.png", values=(0, 255), box=(0, 12, 0, 5))
+    a = np.asarray(Image.open(c / "ground_truth" / "scratch" / "001_mask.png")).copy()
+    a[:, 5:] = 90  # a third level over half of the mask: not binary
+    Image.fromarray(a).save(c / "ground_truth" / "scratch" / "001_mask.png")
+    split = mvtec_split(tmp_path, "widget")
+    with pytest.raises(DataError) as e:
+        validate_split(split)
+    msg = str(e.value)
+    assert "5 problem(s)" in msg
+    for bad in ("train/good/003.png", "test/good/000.png", "test/good/001.JPG",
+                "ground_truth/crack/000_mask.png", "ground_truth/scratch/001_mask.png"):
+        assert bad in msg, bad
+    assert "11x10" in msg and "not binary" in msg
+    for ok in ("train/good/000.png", "test/crack/001.png", "ground_truth/crack/001_mask.png"):
+        assert ok not in msg
+
+
+def test_mask_check_agrees_with_read_mask(tmp_path):
+    """The validator's quick mask check gives read_mask's verdict on every kind of mask."""
+    from destseg_lib.data import _mask_problem
+
+    cases = {
+        "bin255": np.where(np.arange(120).reshape(12, 10) % 7 == 0, 255, 0).astype(np.uint8),
+        "bin1": (np.arange(120).reshape(12, 10) % 5 == 0).astype(np.uint8),
+        "empty": np.zeros((12, 10), np.uint8), "full": np.full((12, 10), 255, np.uint8),
+        "two_nonzero": np.where(np.arange(120).reshape(12, 10) % 2 == 0, 100, 255).astype(np.uint8),
+        "soft_edges": np.where(np.arange(120).reshape(12, 10) < 60, 0, 255).astype(np.uint8),
+        "grey_blob": np.where(np.arange(120).reshape(12, 10) < 60, 0, 90).astype(np.uint8),
+        "many_levels": (np.arange(120).reshape(12, 10) * 2).astype(np.uint8),
+    }
+    cases["soft_edges"][5, 0:3] = (60, 128, 200)  # 3 of 120 px anti-aliased: within tolerance
+    paths = {}
+    for name, a in cases.items():
+        paths[name] = tmp_path / f"{name}.png"
+        Image.fromarray(a).save(paths[name])
+    paths["mode1"] = tmp_path / "mode1.png"
+    Image.fromarray(cases["bin1"].astype(bool)).save(paths["mode1"])
+    paths["rgb"] = tmp_path / "rgb.png"
+    Image.fromarray(np.stack([cases["bin255"]] * 3, -1)).save(paths["rgb"])
+    paths["i16"] = tmp_path / "i16.png"
+    Image.fromarray(cases["bin1"].astype(np.uint16) * 65535).save(paths["i16"])
+    verdicts = {}
+    for name, p in paths.items():
+        try:
+            read_mask(p, (12, 10))
+            ref = None
+        except DataError:
+            ref = "bad"
+        got = _mask_problem(str(p), (12, 10), "img.png")
+        assert (got is None) == (ref is None), (name, got)
+        verdicts[name] = ref
+    assert verdicts["bin255"] is None and verdicts["many_levels"] == "bad"  # both kinds were exercised
+
+
+def test_training_refuses_bad_test_data_before_the_first_step(toy_root, tmp_path, ci_cfg):
+    """A corrupt test image / wrong-size or non-binary mask is reported before training, not after."""
+    import shutil
+
+    from destseg_lib.train import train
+
+    root = tmp_path / "toy"
+    shutil.copytree(toy_root, root)
+    img = sorted((root / "toy_part" / "test" / "good").glob("*.png"))[0]
+    _truncate(img)
+    mask = sorted((root / "toy_part" / "ground_truth" / "hole").glob("*.png"))[0]
+    _mask(mask, h=17, w=9)
+    split = mvtec_split(root, "toy_part")
+    steps = []
+    with pytest.raises(DataError) as e:
+        train(ci_cfg, split, tmp_path / "out", progress=False, callback=steps.append)
+    assert str(img) in str(e.value) and str(mask) in str(e.value)
+    assert steps == [] and not (tmp_path / "out" / "checkpoints" / "last.pt").exists()
+
+
+def test_run_refuses_an_empty_test_set_before_training(toy_split, tmp_path, ci_cfg):
+    import dataclasses
+
+    from destseg_lib.experiment import run
+
+    empty = dataclasses.replace(toy_split, test=[])
+    with pytest.raises(DataError, match="test set is empty"):
+        run(ci_cfg, empty, tmp_path / "out", progress=False, figures=False)
+    assert not (tmp_path / "out" / "checkpoints" / "last.pt").exists()
+    assert not (tmp_path / "out" / "model.pt").exists()

@@ -149,3 +149,62 @@ def test_resume_from_partial_download(tmp_path):
     assert r.returncode == 0, r.stderr
     assert f"from byte {n}" in r.stdout
     assert (out / "mvtec" / "bottle" / "test" / "good" / "000.png").read_bytes() == b"t0"
+
+
+# ---------------------------------------------------------------- nothing gets stuck (issue #14, item 4)
+def test_oversized_partial_is_discarded_and_the_download_restarted(tmp_path):
+    mvtec, _, _ = _archives(tmp_path / "src")
+    out = tmp_path / "data"
+    (out / ".downloads").mkdir(parents=True)
+    part = out / ".downloads" / "mvtec_anomaly_detection.tar.xz.part"
+    part.write_bytes(mvtec.read_bytes() + b"\0" * 4096)  # larger than the file: cannot be resumed
+    r = _run(["mvtec", out], **_env(mvtec))
+    assert r.returncode == 0, r.stderr
+    assert "cannot be resumed" in r.stderr and "downloading again from the start" in r.stderr
+    assert (out / "mvtec" / ".done").is_file() and not part.exists()
+
+
+def test_stale_partial_is_discarded_and_the_download_restarted(tmp_path):
+    mvtec, _, _ = _archives(tmp_path / "src")
+    out = tmp_path / "data"
+    (out / ".downloads").mkdir(parents=True)
+    part = out / ".downloads" / "mvtec_anomaly_detection.tar.xz.part"
+    part.write_bytes(b"\1" * (len(mvtec.read_bytes()) // 2))  # the start of some other file
+    r = _run(["mvtec", out], **_env(mvtec))
+    assert r.returncode == 0, r.stderr
+    assert "was stale" in r.stderr and (out / "mvtec" / ".done").is_file()
+    assert (out / "mvtec" / "bottle" / "test" / "good" / "000.png").read_bytes() == b"t0"
+
+
+def test_html_instead_of_archive_is_moved_aside_and_fetched_again(tmp_path):
+    _, _, mtd = _archives(tmp_path / "src")
+    page = tmp_path / "src" / "login.html"
+    page.write_text("<!DOCTYPE html><html><body>Please sign in</body></html>")
+    out = tmp_path / "data"
+    r = _run(["mtd", out], DESTSEG_MTD_URL=page.as_uri(), DESTSEG_MTD_SHA256="")  # no published hash
+    assert r.returncode != 0
+    assert "web page" in r.stderr and "moved it aside" in r.stderr and "run the script again" in r.stderr
+    dl = out / ".downloads"
+    assert not (dl / "Magnetic-tile-defect-datasets-master.zip").exists()  # not reused as the archive
+    assert [p.read_text() for p in dl.glob("*.bad-*")] == [page.read_text()]  # kept for inspection
+    assert not (out / "mtd").exists() and not (out / ".mtd.sha256").exists()  # nothing recorded
+    r = _run(["mtd", out], DESTSEG_MTD_URL=mtd.as_uri(), DESTSEG_MTD_SHA256="")  # the next run refetches
+    assert r.returncode == 0, r.stderr
+    assert (out / "mtd" / "MT_Free" / "Imgs" / "a.jpg").is_file()
+
+
+def test_first_good_download_hash_is_recorded_and_enforced(tmp_path):
+    _, _, mtd = _archives(tmp_path / "src")
+    out = tmp_path / "data"
+    env = dict(DESTSEG_MTD_URL=mtd.as_uri(), DESTSEG_MTD_SHA256="")
+    r = _run(["mtd", out], **env)
+    assert r.returncode == 0, r.stderr
+    record = out / ".mtd.sha256"
+    assert record.read_text().split()[0] == _sha(mtd)
+    shutil.rmtree(out / "mtd")  # redo the download (e.g. after deleting the data) ...
+    other = _zip(tmp_path / "src" / "other.zip", {"Magnetic-tile-defect-datasets.-master/MT_Free/Imgs/b.jpg": b"b"})
+    r = _run(["mtd", out], DESTSEG_MTD_URL=other.as_uri(), DESTSEG_MTD_SHA256="")  # ... upstream changed
+    assert r.returncode != 0 and "mismatch" in r.stderr and str(record) in r.stderr, r.stderr
+    assert _sha(other) in r.stderr and not (out / "mtd").exists()
+    r = _run(["mtd", out], **env)  # the recorded file still verifies
+    assert r.returncode == 0 and "recorded at the first download" in r.stdout, r.stderr

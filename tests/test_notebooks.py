@@ -1,11 +1,12 @@
 """Structure of the tutorial notebooks, and notebooks/run_all.py on tiny notebooks.
 
 Executing the real notebooks is nbval's job (``pytest`` also collects ``notebooks/*.ipynb``, see
-pyproject.toml); these checks are static and fast.
+pyproject.toml, at the ``ci`` preset: conftest.py); these checks are static and fast.
 """
 import ast
 import configparser
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +20,13 @@ NB_DIR = REPO / "notebooks"
 EXPECTED = ["00_setup_and_data.ipynb", "01_perlin_anomaly_generation.ipynb", "02_denoising_student.ipynb",
             "03_segmentation_training.ipynb", "04_evaluation.ipynb", "05_failure_cases.ipynb",
             "06_threshold_explorer.ipynb"]
-CI_DEFAULTS = {"preset": "ci", "dataset": "toy", "data_root": None, "category": None, "texture_dir": None,
-               "device": "auto", "seed": 0, "out_dir": None}
+DEFAULTS = {"preset": "quick", "dataset": "toy", "data_root": None, "category": None, "texture_dir": None,
+            "device": "auto", "seed": 0, "out_dir": None, "overrides": {}}
+# Item 4 of the tutorial's brief: next to each equation, the library code that computes it.
+SOURCES_SHOWN = {"01": ["def perlin_noise(", "def perlin_mask(", "def blend_anomaly("],
+                 "02": ["def cosine_distance_maps(", "def cosine_loss(", "def training_step("],
+                 "03": ["def segmentation_input(", "def focal_loss(", "def l1_loss(", "def segmentation_loss("],
+                 "05": ["def top_t_score("], "06": ["def iap("]}
 MAX_LINES = 30
 
 
@@ -53,8 +59,11 @@ def test_structure(name):
     for node in ast.parse(params[0].source).body:
         assert isinstance(node, ast.Assign) and len(node.targets) == 1, "parameters: plain assignments only"
         values[node.targets[0].id] = ast.literal_eval(node.value)
-    assert values == CI_DEFAULTS
+    assert values == DEFAULTS
     assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith(f"# {name[:2]} ")
+    assert nb.cells[1].cell_type == "markdown" and nb.cells[1].metadata.get("tags") == ["provenance"], \
+        "the second cell says where the stored outputs come from (written by run_all.py)"
+    assert not [c for c in nb.cells if "injected-parameters" in c.metadata.get("tags", [])]
     for i, cell in enumerate(nb.cells):
         assert len(cell.source.splitlines()) <= MAX_LINES, f"cell {i} has more than {MAX_LINES} lines"
         if cell.cell_type != "code":
@@ -67,7 +76,8 @@ def test_structure(name):
 @pytest.mark.parametrize("name", EXPECTED)
 def test_stored_outputs(name):
     """The committed notebooks carry their outputs (students read them on GitHub): every code cell
-    ran, in order, without errors; no widget state, no paths of the machine that ran them."""
+    ran, in order, without errors; no widget state, no paths of the machine that ran them; and they
+    come from a run that trains for real (not the ci preset), named in the provenance cell."""
     path = NB_DIR / name
     nb = _read(path)
     counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
@@ -76,6 +86,42 @@ def test_stored_outputs(name):
     assert not [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert "widgets" not in nb.metadata
     assert str(REPO) not in path.read_text(encoding="utf-8")
+    meta = nb.metadata.get("destseg_provenance")
+    assert meta, "no provenance: refresh with python notebooks/run_all.py --inplace"
+    assert meta["preset"] in ("quick", "paper"), f"stored outputs from the {meta['preset']!r} preset: use quick"
+    text = nb.cells[1].source
+    assert f"preset `{meta['preset']}`" in text and meta["machine"] in text and "run_all.py" in text
+
+
+@pytest.mark.parametrize("prefix", sorted(SOURCES_SHOWN))
+def test_the_code_behind_each_equation_is_shown(prefix):
+    nb = _read(next(NB_DIR.glob(f"{prefix}_*.ipynb")))
+    shown = "".join(o.get("data", {}).get("text/markdown", "") for c in nb.cells if c.cell_type == "code"
+                    for o in c.outputs)
+    missing = [d for d in SOURCES_SHOWN[prefix] if d not in shown]
+    assert not missing, f"not shown with nb.show_source: {missing}"
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_summary_and_exercises(name):
+    text = "\n".join(c.source for c in _read(NB_DIR / name).cells if c.cell_type == "markdown")
+    assert "## Summary" in text and "## Exercises" in text
+    exercises = text.split("## Exercises", 1)[1]
+    assert len(re.findall(r"^\d\. \*\*", exercises, flags=re.M)) >= 2, "at least two numbered exercises"
+    assert exercises.count("*Expected:*") >= 2, "each exercise says what to expect"
+
+
+def test_facts():
+    """Statements the first version of the notebooks got wrong (issue #9, item 6)."""
+    text = {p.name[:2]: " ".join(" ".join(c.source.split()) for c in _read(p).cells if c.cell_type == "markdown")
+            for p in _notebooks()}
+    assert "official DeSTSeg code uses each texture **as it is**" in text["01"]
+    assert "As in the official code, each drawn texture gets" not in text["01"]
+    assert "prediction covers the entire capsule" in text["05"]
+    assert "exactly 0 or 1" not in text["03"] and "sparsity of the output" in text["03"]
+    assert "right 97 %" not in text["00"]
+    assert "1 − precision" in text["06"] and "42.2 %" in text["06"]
+    assert not re.search(r"lr 0\.4[^.]*Sec\. 4\.1", " ".join(text.values())), "optimiser settings are the official code's"
 
 
 def test_notebooks_stay_small():
@@ -111,9 +157,11 @@ def test_param_parsing():
 
 def _tiny(path: Path, body: str) -> None:
     nb = nbformat.v4.new_notebook()
+    prov = nbformat.v4.new_markdown_cell("not executed yet")
+    prov.metadata["tags"] = ["provenance"]
     params = nbformat.v4.new_code_cell('greeting = "hi"')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.cells = [prov, params, nbformat.v4.new_code_cell(body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
 
@@ -150,3 +198,24 @@ def test_run_all_succeeds_and_only_filters(tmp_path):
                           "--only", "00"], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     assert [p.name for p in out.glob("*.ipynb")] == ["00_a.ipynb"]
+
+
+def test_run_all_inplace_records_provenance(tmp_path, monkeypatch):
+    pytest.importorskip("papermill")
+    books = tmp_path / "books"
+    books.mkdir()
+    _tiny(books / "00_a.ipynb", 'import os; print(greeting, os.environ.get("DESTSEG_NOTEBOOK_PRESET"))')
+    env = {**__import__("os").environ, "DESTSEG_NOTEBOOK_PRESET": "ci"}
+    run = subprocess.run([sys.executable, str(NB_DIR / "run_all.py"), "--notebooks", str(books), "--inplace",
+                          "--param", "greeting=hello", "--runs", str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stdout + run.stderr
+    nb = _read(books / "00_a.ipynb")
+    assert [c.metadata.get("tags") for c in nb.cells[:2]] == [["provenance"], ["parameters"]]
+    assert len(nb.cells) == 3, "papermill's injected-parameters cell is removed"
+    assert nb.cells[1].source == 'greeting = "hi"', "the parameters cell keeps its defaults"
+    assert "".join(o.get("text", "") for o in nb.cells[2].outputs).split() == ["hello", "None"]
+    meta = nb.metadata["destseg_provenance"]
+    assert meta["parameters"] == {"greeting": "hello"} and meta["seconds"] >= 0
+    assert "run_all.py" in nb.cells[0].source and meta["machine"] in nb.cells[0].source
+    assert "papermill" not in nb.metadata

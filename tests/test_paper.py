@@ -82,4 +82,5 @@ def test_unknown_category_and_compare_table():
     lines = text.splitlines()
     assert "90.0" in lines[2] and "n/a" in lines[2]
     assert "98.6 ± 0.4 (avg)" in lines[3] and "90.5 ± 1.7" in lines[3] and "99.2 ± 0.2" in lines[3]
-    assert len({len(line) for line in lines}) == 1  # fixed width
+    assert len({len(line) for line in lines[:-1]}) == 1  # fixed width (the last line is the note)
+    assert "interpolated" in lines[-1]

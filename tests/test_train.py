@@ -6,6 +6,7 @@ from destseg_lib.checkpoint import atomic_torch_save, load_model, read_checkpoin
 from destseg_lib.data import TestImages
 from destseg_lib.infer import predict, predict_dataset, top_t_score
 from destseg_lib.train import train
+from destseg_lib.errors import CheckpointError
 
 
 def _same_weights(a, b):
@@ -79,15 +80,27 @@ def test_damaged_checkpoint_gives_a_clear_error(tmp_path):
         read_checkpoint(tmp_path / "missing.pt")
 
 
-def test_atomic_save_leaves_no_partial_file(tmp_path):
-    class Boom:
-        def __reduce__(self):
-            raise RuntimeError("boom")
-
+def test_atomic_save_leaves_no_partial_file(tmp_path, monkeypatch):
     target = tmp_path / "x.pt"
     atomic_torch_save({"ok": 1}, target)
-    with pytest.raises(RuntimeError):
+
+    class Boom:
+        pass
+
+    # an object a checkpoint cannot hold is refused before anything is written
+    with pytest.raises(CheckpointError, match="cannot store"):
         atomic_torch_save({"bad": Boom()}, target)
+    # a failure half-way through the write leaves the old file and no temporary
+    real_save = torch.save
+
+    def half_save(obj, f):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(RuntimeError, match="disk full"):
+        atomic_torch_save({"ok": 2}, target)
+    monkeypatch.setattr(torch, "save", real_save)
     assert torch.load(target) == {"ok": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["x.pt"]
 

@@ -1,0 +1,234 @@
+"""The notebooks' widgets in a real browser: JupyterLab driven by headless Chromium (Playwright).
+
+Copies of notebooks 06 (threshold explorer) and 01 (Perlin explorer) are opened in a JupyterLab
+started for the test (127.0.0.1, a random token, a temporary folder, the ``ci`` preset), every cell
+is run, a slider is dragged with the mouse, and the widget's label and picture must change.
+
+Needs Debian's ``chromium`` (``apt-get install chromium``; or ``$DESTSEG_CHROMIUM``) and the
+``playwright`` Python package (``pip install playwright``) — never ``playwright install``: nothing
+is downloaded at run time.  Skips with the reason when either is missing.  Set
+``$DESTSEG_SCREENSHOTS`` to a folder to keep the screenshots (``threshold_explorer.png``,
+``perlin_explorer.png``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+RUN_TIMEOUT_S = 600  # all cells of one notebook, at the ci preset (training included)
+
+
+def _chromium() -> str | None:
+    for candidate in (os.environ.get("DESTSEG_CHROMIUM"), "/usr/bin/chromium", shutil.which("chromium"),
+                      shutil.which("chromium-browser")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _requirements() -> str | None:
+    """Why the browser test cannot run here, or None."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright; .ci/run installs it)"
+    if _chromium() is None:
+        return "no Chromium: apt-get install chromium (or set DESTSEG_CHROMIUM); .ci/run installs it"
+    try:
+        import jupyterlab  # noqa: F401
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return "jupyterlab / ipywidgets are not installed (pip install -e '.[dev]')"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(_requirements() is not None, reason=str(_requirements()))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on 127.0.0.1 with a token, serving a temporary folder with copies of
+    notebooks 01 and 06; yields (base url, token, folder)."""
+    root = tmp_path_factory.mktemp("lab")
+    books = root / "notebooks"
+    books.mkdir()
+    for name in ("01_perlin_anomaly_generation.ipynb", "06_threshold_explorer.ipynb"):
+        shutil.copy(REPO / "notebooks" / name, books / name)
+    settings = root / "lab-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false",
+                                                                             "checkForUpdates": False}))
+    token, port = secrets.token_hex(16), _free_port()
+    env = {**os.environ, "DESTSEG_NOTEBOOK_PRESET": "ci", "DESTSEG_RUNS": str(root / "runs"),
+           "DESTSEG_FIG_DIR": str(root / "figures"), "PYTHONPATH": os.pathsep.join(
+               [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]),
+           "JUPYTER_CONFIG_DIR": str(root / "jupyter-config"), "JUPYTER_RUNTIME_DIR": str(root / "jupyter-runtime"),
+           "JUPYTERLAB_SETTINGS_DIR": str(root / "lab-settings"),
+           "JUPYTERLAB_WORKSPACES_DIR": str(root / "lab-workspaces"), "IPYTHONDIR": str(root / "ipython")}
+    log = open(root / "jupyter.log", "w")
+    server = subprocess.Popen([sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1",
+                               f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
+                               f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
+                               "--LabApp.expose_app_in_browser=True", "--LabApp.news_url=",
+                               "--LabApp.extension_manager=readonly", "--allow-root"],
+                              cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.time() > deadline:
+                pytest.fail("JupyterLab did not start:\n" + (root / "jupyter.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield base, token, root
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=_chromium(), headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def _screenshot_dir(tmp_path: Path) -> Path:
+    out = Path(os.environ.get("DESTSEG_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+_ALL_DONE = """() => {
+  const prompts = [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-CodeCell .jp-InputPrompt')]
+    .map(p => p.textContent.trim());
+  return prompts.length > 0 && prompts.every(t => /^\\[\\d+\\]:$/.test(t));
+}"""
+_ERRORS = """() => [...document.querySelectorAll('.jp-NotebookPanel:not(.lm-mod-hidden) .jp-OutputArea-output')]
+  .filter(o => o.getAttribute('data-mime-type') === 'application/vnd.jupyter.stderr'
+               && /Traceback|Error/.test(o.textContent)).map(o => o.textContent.slice(-1500))"""
+
+
+def _open_and_run(page, base: str, token: str, name: str) -> None:
+    page.goto(f"{base}/lab/tree/notebooks/{name}?token={token}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell.currentWidget"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session"
+                           " && window.jupyterapp.shell.currentWidget.sessionContext.session.kernel",
+                           timeout=120_000)
+    page.wait_for_function("() => window.jupyterapp.shell.currentWidget.sessionContext.session.kernel.status"
+                           " === 'idle'", timeout=120_000)
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    deadline = time.time() + RUN_TIMEOUT_S
+    while not page.evaluate(_ALL_DONE):
+        errors = page.evaluate(_ERRORS)
+        assert not errors, f"{name}: a cell failed in JupyterLab:\n{errors[0]}"
+        assert time.time() < deadline, f"{name}: the cells did not finish within {RUN_TIMEOUT_S} s"
+        time.sleep(1.0)
+    assert not page.evaluate(_ERRORS)
+
+
+def _explorer(page, slider_label: str):
+    """The explorer's box: the widget VBox holding a slider labelled ``slider_label``."""
+    label = page.locator(".widget-label", has_text=slider_label)
+    box = page.locator(".widget-vbox").filter(has=label).first  # the outermost box
+    box.wait_for(state="visible", timeout=60_000)
+    box.scroll_into_view_if_needed()
+    return box
+
+
+def _image_src(box) -> str:
+    img = box.locator("img.widget-image").last
+    img.wait_for(state="visible", timeout=60_000)
+    return img.get_attribute("src") or ""
+
+
+def _drag(page, box, slider_label: str, fraction: float) -> str:
+    """Drag the slider labelled ``slider_label`` by ``fraction`` of its track with the mouse;
+    returns the readout after the move."""
+    slider = box.locator(".widget-slider", has=page.locator(".widget-label", has_text=slider_label)).first
+    handle = slider.locator(".noUi-handle").first
+    track = slider.locator(".noUi-target").first
+    hb, tb = handle.bounding_box(), track.bounding_box()
+    x, y = hb["x"] + hb["width"] / 2, hb["y"] + hb["height"] / 2
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(x + fraction * tb["width"], y, steps=12)
+    page.mouse.up()
+    return slider.locator(".widget-readout").first.inner_text()
+
+
+def _wait_change(page, read, before, what: str, timeout_s: float = 60):
+    deadline = time.time() + timeout_s
+    while (now := read()) == before:
+        assert time.time() < deadline, f"{what} did not change after moving the slider"
+        page.wait_for_timeout(250)
+    return now
+
+
+def test_threshold_explorer_in_jupyterlab(lab, browser, tmp_path):
+    base, token, _ = lab
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    _open_and_run(page, base, token, "06_threshold_explorer.ipynb")
+    box = _explorer(page, "pixel threshold")
+    stats = box.locator(".widget-html pre").first
+    before_text, before_src = stats.inner_text(), _image_src(box)
+    before_png = box.locator("img.widget-image").last.screenshot()
+    assert "pixel threshold" in before_text and "instances detected" in before_text
+    readout = _drag(page, box, "pixel threshold", -0.25)  # lower the threshold by a quarter of the range
+    after_text = _wait_change(page, stats.inner_text, before_text, "the explorer's numbers")
+    after_src = _wait_change(page, lambda: _image_src(box), before_src, "the explorer's picture")
+    assert after_src != before_src and box.locator("img.widget-image").last.screenshot() != before_png
+    assert f"pixel threshold {readout.strip()}" in after_text, (readout, after_text)
+    page.wait_for_timeout(500)
+    box.screenshot(path=str(_screenshot_dir(tmp_path) / "threshold_explorer.png"))
+    page.close()
+
+
+def test_perlin_explorer_in_jupyterlab(lab, browser, tmp_path):
+    base, token, _ = lab
+    page = browser.new_page(viewport={"width": 1300, "height": 1000})
+    _open_and_run(page, base, token, "01_perlin_anomaly_generation.ipynb")
+    box = _explorer(page, "beta (Eq. 1)")
+    label = box.locator(".widget-html").first
+    before_text, before_src = label.inner_text(), _image_src(box)
+    assert "mask covers" in before_text
+    _drag(page, box, "threshold", -0.3)  # lower the Perlin threshold: a larger mask
+    after_text = _wait_change(page, label.inner_text, before_text, "the explorer's label")
+    _wait_change(page, lambda: _image_src(box), before_src, "the explorer's picture")
+    covered = lambda text: float(text.split("mask covers ")[1].split("%")[0])  # noqa: E731
+    assert covered(after_text) > covered(before_text), (before_text, after_text)
+    page.wait_for_timeout(500)
+    box.screenshot(path=str(_screenshot_dir(tmp_path) / "perlin_explorer.png"))
+    page.close()

@@ -1,0 +1,122 @@
+"""The package's import graph: no module imports one that imports it back (directly or through
+others, counting imports inside functions), and the figures module is a leaf.
+
+The graph is read from the source (ast), so an import hidden in a function body counts as much as a
+top-level one; the runtime checks then confirm what ``import destseg_lib.viz`` really loads.
+"""
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = "destseg_lib"
+ROOT = Path(__file__).resolve().parents[1] / PACKAGE
+MODULES = sorted(p.stem for p in ROOT.glob("*.py"))
+
+
+def _imports(module: str) -> set[str]:
+    """Package modules that ``module`` imports anywhere in its source (relative or absolute)."""
+    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level == 1 or base == PACKAGE or base.startswith(PACKAGE + "."):
+                base = base[len(PACKAGE):].lstrip(".") if node.level == 0 else base
+                if base:  # from .x import y / from destseg_lib.x import y
+                    found.add(base.split(".")[0])
+                else:  # from . import x, y / from destseg_lib import x, y (submodules or re-exports)
+                    found |= {a.name for a in node.names if a.name in MODULES}
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith(PACKAGE + "."):
+                    found.add(alias.name.split(".")[1])
+    found.discard(module)
+    return {m for m in found if m in MODULES}
+
+
+GRAPH = {m: _imports(m) for m in MODULES}
+
+
+def _cycles(graph: dict) -> list[list[str]]:
+    """Every elementary cycle's representative found by depth-first search (empty: a DAG)."""
+    state, stack, cycles = {}, [], []
+
+    def visit(node):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                cycles.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node)
+    return cycles
+
+
+def test_the_scan_sees_function_local_imports():
+    src = "def f():\n    from .train import train\n    from . import metrics\n    import destseg_lib.viz\n"
+    tree = ast.parse(src)
+    assert sum(isinstance(n, (ast.ImportFrom, ast.Import)) for n in ast.walk(tree)) == 3
+    assert "train" in GRAPH["experiment"], "experiment imports train at the top level"
+    assert "viz" in GRAPH["experiment"], "experiment imports viz inside a function (_figures)"
+
+
+def test_the_cycle_finder_finds_cycles():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_in_the_package():
+    cycles = _cycles(GRAPH)
+    assert not cycles, "import cycles (a -> b means a imports b): " + "; ".join(" -> ".join(c) for c in cycles)
+
+
+def test_viz_is_a_leaf():
+    """viz draws arrays and the public data types; of the package it may use only metrics (pure
+    numpy, itself a leaf) for the PRO curve."""
+    assert GRAPH["viz"] <= {"metrics"}, f"viz imports {sorted(GRAPH['viz'])}"
+    assert GRAPH["metrics"] == set(), f"metrics imports {sorted(GRAPH['metrics'])}"
+
+
+def test_nothing_in_the_package_imports_the_notebook_glue():
+    users = sorted(m for m, deps in GRAPH.items() if "notebook" in deps)
+    assert users == [], f"{users} import destseg_lib.notebook: only the notebooks should"
+
+
+def _loaded_after(statement: str) -> dict:
+    code = (f"import json, sys\n{statement}\n"
+            "print(json.dumps({'package': sorted(m for m in sys.modules if m.startswith('destseg_lib')),"
+            " 'torch': 'torch' in sys.modules}))")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         cwd=ROOT.parent)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def test_importing_viz_loads_neither_experiment_nor_train():
+    loaded = _loaded_after("import destseg_lib.viz")
+    assert loaded["package"] == ["destseg_lib", "destseg_lib.viz"], loaded
+    assert not loaded["torch"], "viz should not need torch"
+
+
+@pytest.mark.parametrize("module", ["widgets", "metrics", "viz"])
+def test_leaves_do_not_load_the_pipeline(module):
+    loaded = _loaded_after(f"import destseg_lib.{module}")
+    assert not {"destseg_lib.experiment", "destseg_lib.train", "destseg_lib.notebook"} & set(loaded["package"]), loaded
+
+
+def test_the_package_namespace_still_works():
+    loaded = _loaded_after("import destseg_lib as ds\nimport destseg_lib.train as module\n"
+                           "assert callable(ds.train) and ds.train.__module__ == 'destseg_lib.train'\n"
+                           "assert ds.get_preset('ci').preset == 'ci' and ds.viz.ANOMALY_CMAP\n"
+                           "from destseg_lib import load_or_train, TestImages, Predictions")
+    assert "destseg_lib.experiment" in loaded["package"]
