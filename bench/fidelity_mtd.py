@@ -28,12 +28,12 @@ SINGLES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "e
            "resize": "cv2"}
 
 
-def grid(seeds=(0, 1, 2)):
+def grid(seeds=(0, 1, 2), singles=tuple(SINGLES)):
     for seed in seeds:
         yield "earlier", dict(LEGACY_VALUES), seed
         yield "official", {}, seed
-    for field, value in SINGLES.items():
-        yield f"official + {field}={value}", {field: value}, 0
+    for field in singles:
+        yield f"official + {field}={SINGLES[field]}", {field: SINGLES[field]}, 0
 
 
 def main(argv=None) -> int:
@@ -42,24 +42,32 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="quick")
     ap.add_argument("--data-root", default=os.environ.get("DESTSEG_DATA"))
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "fidelity_mtd"))
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="seeds of earlier vs official")
+    ap.add_argument("--singles", nargs="*", default=list(SINGLES), choices=list(SINGLES),
+                    help="the earlier choices to try one at a time on top of the official recipe (seed 0); "
+                         "none: --singles with no value")
     args = ap.parse_args(argv)
     root = Path(args.data_root)
     split = open_split("mtd", root)
     texture_dir = str(root / "dtd_subset" / "images")
     rows = []
-    for name, over, seed in grid():
+    for name, over, seed in grid(args.seeds, args.singles):
         cfg = get_preset(args.preset, texture_dir=texture_dir, seed=seed, **over)
         out = Path(args.out) / name.replace(" ", "").replace("+", "_").replace("=", "-") / f"seed{seed}"
         t0 = time.perf_counter()
-        if (out / "metrics.json").exists():
+        timing = out / "bench_minutes.txt"  # wall minutes of the run, kept for a resumed bench
+        if (out / "metrics.json").exists():  # finished earlier: its numbers (and minutes, when recorded)
             res = json.loads((out / "metrics.json").read_text())["results"]
+            minutes = float(timing.read_text()) if timing.exists() else None
         else:
             res = run(cfg, split, out, progress=False, figures=False).results
-        rows.append({"variant": name, "seed": seed, "minutes": round((time.perf_counter() - t0) / 60, 1),
+            minutes = round((time.perf_counter() - t0) / 60, 1)
+            timing.write_text(f"{minutes}\n")
+        rows.append({"variant": name, "seed": seed, "minutes": minutes,
                      **{f"{m}/{k}": res[m][k] for m in ("DeSTSeg", "DeST") for k in KEYS}})
         print(f"{name:<40} seed {seed}: " + " ".join(f"{k} {100 * res['DeSTSeg'][k]:.1f}" for k in KEYS), flush=True)
-    table = ["| variant | seeds | " + " | ".join(KEYS) + " | DeST-only image AUROC / pixel AP |",
-             "|---|---|" + "---|" * len(KEYS) + "---|"]
+    table = ["| variant | seeds | " + " | ".join(KEYS) + " | DeST-only image AUROC / pixel AP | minutes / run |",
+             "|---|---|" + "---|" * len(KEYS) + "---|---|"]
     for name in dict.fromkeys(r["variant"] for r in rows):
         rs = [r for r in rows if r["variant"] == name]
 
@@ -67,7 +75,8 @@ def main(argv=None) -> int:
             v = 100 * np.array([r[key] for r in rs], float)
             return f"{v.mean():.1f} ± {v.std(ddof=1):.1f}" if len(v) > 1 else f"{v[0]:.1f}"
         table.append(f"| {name} | {len(rs)} | " + " | ".join(cell(f"DeSTSeg/{k}") for k in KEYS)
-                     + f" | {cell('DeST/image_auroc')} / {cell('DeST/pixel_ap')} |")
+                     + f" | {cell('DeST/image_auroc')} / {cell('DeST/pixel_ap')} | "
+                     + (f"{np.mean([r['minutes'] for r in rs]):.1f}" if all(r["minutes"] for r in rs) else "-") + " |")
     md = "\n".join(table)
     print(md)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
