@@ -36,6 +36,24 @@ def grid(seeds=(0, 1, 2), singles=tuple(SINGLES)):
         yield f"official + {field}={SINGLES[field]}", {field: SINGLES[field]}, 0
 
 
+def _reusable(folders, seed: int, cfg):
+    """(results, minutes) of ``<folder>/seed<seed>`` when its metrics.json was made with ``cfg``."""
+    from destseg_lib.config import DeSTSegConfig
+    from destseg_lib.train import config_differences
+
+    for folder in folders:
+        m = Path(folder) / f"seed{seed}" / "metrics.json"
+        if not m.exists():
+            continue
+        d = json.loads(m.read_text())
+        if config_differences(DeSTSegConfig.from_dict(d["config"]).to_dict(), cfg, evaluation=True):
+            continue
+        status = Path(folder) / f"seed{seed}" / "status.json"
+        seconds = json.loads(status.read_text()).get("seconds") if status.exists() else None
+        return d["results"], (round(seconds / 60, 1) if seconds else None)
+    return None
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="runs/fidelity_mtd")
@@ -46,6 +64,9 @@ def main(argv=None) -> int:
     ap.add_argument("--singles", nargs="*", default=list(SINGLES), choices=list(SINGLES),
                     help="the earlier choices to try one at a time on top of the official recipe (seed 0); "
                          "none: --singles with no value")
+    ap.add_argument("--reuse", nargs="*", default=[],
+                    help="run folders of other benches (e.g. a reproduce batch's runs/mtd/destseg) whose "
+                         "seed<N>/metrics.json is reused when its config is this run's")
     args = ap.parse_args(argv)
     root = Path(args.data_root)
     split = open_split("mtd", root)
@@ -56,7 +77,10 @@ def main(argv=None) -> int:
         out = Path(args.out) / name.replace(" ", "").replace("+", "_").replace("=", "-") / f"seed{seed}"
         t0 = time.perf_counter()
         timing = out / "bench_minutes.txt"  # wall minutes of the run, kept for a resumed bench
-        if (out / "metrics.json").exists():  # finished earlier: its numbers (and minutes, when recorded)
+        reused = _reusable(args.reuse, seed, cfg)
+        if reused is not None:  # the same config run by another bench (e.g. the reproduce batch)
+            res, minutes = reused
+        elif (out / "metrics.json").exists():  # finished earlier: its numbers (and minutes, when recorded)
             res = json.loads((out / "metrics.json").read_text())["results"]
             minutes = float(timing.read_text()) if timing.exists() else None
         else:

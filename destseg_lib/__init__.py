@@ -13,6 +13,11 @@ One module per section of the paper::
     infer       anomaly maps and top-T image scores (Sec. 3.4)
     metrics     exact image/pixel AUROC, AP, AUPRO, IAP, IAP@90 (Sec. 4.2)
     experiment  train-or-load -> predict -> evaluate -> figures
+    thresholds  decision thresholds chosen on a validation split (best F1 / instance recall)
+    predict     scoring your own images: maps, overlays, masks, one CSV (destseg predict)
+    fast        the same inference, faster: BN folded, inference_mode, channels-last, compile
+    export      ONNX export of the whole inference graph, onnxruntime scoring
+    reproduce   batches of runs -> the paper's tables (destseg reproduce)
     viz         figures (a leaf: numpy + matplotlib)
     widgets     the notebooks' interactive explorers and the numbers behind them
     notebook    the notebooks' glue: set-up, live loss curve, source display
@@ -36,6 +41,8 @@ _EXPORTS = {
     "models": ("DeSTSeg",),
     "synthesis": ("AnomalySynthesizer", "blend_anomaly", "perlin_mask", "perlin_noise"),
     "textures": ("BuiltinTextures", "FolderTextures", "make_texture_source"),
+    "predict": ("predict_files",),
+    "thresholds": ("choose_thresholds", "validation_split"),
     "toy": ("make_toy_dataset",),
     "train": ("train",),
 }

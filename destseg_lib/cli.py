@@ -1,10 +1,11 @@
-"""Command line: ``destseg demo | train | evaluate | predict``.
+"""Command line: ``destseg demo | train | run | evaluate | predict | export | reproduce``.
 
     destseg demo                                  # quick preset on the embedded toy data, no download
     destseg demo --dataset mvtec --data-root /data/mvtec_anomaly_detection --category bottle
     destseg train --preset paper --dataset mvtec --data-root ... --category bottle --out runs/bottle
     destseg evaluate --checkpoint runs/bottle/model.pt --dataset mvtec --data-root ... --category bottle
-    destseg predict --checkpoint runs/bottle/model.pt --out maps/ img1.png img2.png
+    destseg predict --checkpoint runs/bottle/model.pt --out maps/ img1.png folder/ 'more/**/*.png'
+    destseg export --checkpoint runs/bottle/model.pt --out bottle.onnx
 
 Problems the user can fix (bad values, data, checkpoints, devices, unwritable outputs, a diverged
 training run) end in one line ``destseg: error: ...`` and exit code 2; ``--debug`` (or
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import ConfigError, DestSegError, DeviceError, OutputError
+from .errors import ConfigError, DestSegError, DeviceError
 
 
 def _device(name: str) -> str:
@@ -127,13 +128,18 @@ def cmd_evaluate(args) -> int:
     from .data import TestImages, validate_split
     from .experiment import evaluate_predictions, format_table, open_split, write_json
     from .infer import predict_dataset
+    from .thresholds import validation_split
 
     device = _device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
     split = open_split(args.dataset, args.data_root, args.category)
     validate_split(split, require_test=True, check_train=False)  # every test image and mask, up front
-    preds = predict_dataset(model, TestImages(split.test, cfg.image_size, resize=cfg.resize), device=device, top_t=cfg.top_t)
+    val, test = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
+    if val:  # the images its thresholds were chosen on are not evaluated
+        print(f"evaluating {len(test)} of {len(split.test)} test images: the other {len(val)} are the "
+              f"validation split of this model (val_fraction={cfg.val_fraction}, val_seed={cfg.val_seed})")
+    preds = predict_dataset(model, TestImages(test, cfg.image_size, resize=cfg.resize), device=device, top_t=cfg.top_t)
     results = evaluate_predictions(preds)
     print(format_table(results))
     if args.json:
@@ -142,49 +148,46 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    import csv
-
-    import cv2
-    import numpy as np
-
     from .checkpoint import load_model
     from .config import DeSTSegConfig
-    from .data import read_image, resize_image
-    from .infer import predict
+    from .predict import predict_files, stored_thresholds, torch_scorer
 
     device = _device(args.device)
     model, ckpt = load_model(args.checkpoint, device)
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
-    thr = ckpt.get("thresholds", {}).get("image_score_best_f1_on_eval")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for path in args.images:
-        img = read_image(path)
-        x = resize_image(img, cfg.image_size, cfg.resize)[None].to(device)
-        res = predict(model, x, cfg.top_t)
-        amap = res["anomaly_map"][0].cpu().numpy()
-        amap = cv2.resize(amap, (img.shape[1], img.shape[0]), interpolation=cv2.INTER_LINEAR)
-        name = Path(path).stem
-        png = out / f"{name}_map.png"
-        try:
-            ok = cv2.imwrite(str(png), (np.clip(amap, 0, 1) * 255).astype(np.uint8))
-        except cv2.error as e:
-            ok, why = False, str(e).strip().splitlines()[-1]
-        else:
-            why = "cv2.imwrite returned False"
-        if not ok:
-            raise OutputError(f"cannot write {png} ({why}); check that {out} is a writable folder with "
-                              "free space, or pass another --out")
-        np.save(out / f"{name}_map.npy", amap.astype(np.float32))
-        score = float(res["score"][0])
-        rows.append({"path": str(path), "score": score,
-                     "anomalous": "" if thr is None else bool(score >= thr)})
-        print(f"{path}: score {score:.4f}" + ("" if thr is None else f" ({'ANOMALOUS' if score >= thr else 'normal'} at {thr:.4f})"))
-    with open(out / "scores.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "score", "anomalous"])
-        w.writeheader()
-        w.writerows(rows)
+    stored = stored_thresholds(ckpt)
+    image_t = args.threshold if args.threshold is not None else stored["image"]
+    pixel_t = args.pixel_threshold if args.pixel_threshold is not None else stored["pixel"]
+    source = []
+    if image_t is not None:
+        source.append("image: " + ("--threshold" if args.threshold is not None else stored["source"]))
+    if pixel_t is not None:
+        source.append("pixel: " + ("--pixel-threshold" if args.pixel_threshold is not None else stored["source"]))
+    if image_t is None or pixel_t is None:
+        missing = " and ".join(n for n, t in (("image", image_t), ("pixel", pixel_t)) if t is None)
+        print(f"destseg: note: no {missing} threshold: {args.checkpoint} stores none (it was trained without a "
+              "validation split); scores and maps are written, decisions/masks need --threshold / "
+              "--pixel-threshold, or train with --set val_fraction=0.3", file=sys.stderr)
+    if args.onnx:
+        from .export import OnnxScorer
+
+        scorer = OnnxScorer(args.onnx)
+    else:
+        scorer = torch_scorer(model, cfg.top_t)
+    report = predict_files(args.inputs, scorer, cfg.image_size, args.out, resize=cfg.resize,
+                           image_threshold=image_t, pixel_threshold=pixel_t, threshold_source="; ".join(source),
+                           batch_size=args.batch_size, overwrite=args.overwrite)
+    flagged = sum(r.get("decision") == "anomalous" for r in report.rows)
+    decided = f", {flagged} anomalous at threshold {image_t:.4f} ({source[0]})" if image_t is not None else ""
+    print(f"scored {report.n_scored} image(s){decided}; {len(report.failed)} input(s) failed -> {report.csv_path}")
+    return 1 if report.failed else 0
+
+
+def cmd_export(args) -> int:
+    from .export import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out)
+    print(f"exported {args.checkpoint} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
@@ -216,9 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the metrics here")
     p = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", default="predictions")
+    p.add_argument("--out", default="predictions", help="output folder (refused if not empty, see --overwrite)")
+    p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="image-score threshold (default: the one stored in the checkpoint)")
+    p.add_argument("--pixel-threshold", type=float, default=None,
+                   help="anomaly-map threshold of the masks (default: the one stored in the checkpoint)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--onnx", default=None, help="score with onnxruntime on this exported file (destseg export)")
     p.add_argument("--device", default="auto")
-    p.add_argument("images", nargs="+")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, folders (recursive) or quoted globs")
+    p = sub.add_parser("export", help="export a checkpoint's inference graph to ONNX")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help="the .onnx file to write")
     from .reproduce import add_arguments as _reproduce_arguments
 
     p = sub.add_parser("reproduce", help="a batch: datasets/categories x seeds x variants -> the paper's tables",
@@ -268,6 +281,8 @@ def main(argv=None) -> int:
             return cmd_evaluate(args)
         if args.command == "reproduce":
             return cmd_reproduce(args)
+        if args.command == "export":
+            return cmd_export(args)
         return cmd_predict(args)
     except KeyboardInterrupt:
         if debug:

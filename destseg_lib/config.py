@@ -38,6 +38,7 @@ CHOICES = {
     "empty_masks": ("allow", "redraw"),
     "resize": ("antialias", "cv2"),
     "rotation_fill": ("grey", "reflect"),
+    "threshold_rule": ("best_f1", "instance_recall"),  # not the paper's (see thresholds.py)
 }
 
 # What the kit did before the fidelity switches existed (a config saved then lacks these fields).
@@ -106,6 +107,14 @@ class DeSTSegConfig:
     focal_gamma: float = 4.0
     # --- inference (Sec. 3.4) -----------------------------------------------------------------
     top_t: int = 100
+    # --- decisions (not in the paper, which reports threshold-free metrics; see thresholds.py) ---
+    # share of the test split held out as a validation split (stratified by defect type, seeded by
+    # val_seed), on which the image / pixel thresholds are chosen and stored in model.pt; metrics are
+    # then reported on the rest.  0 = the paper's protocol: every test image evaluated, no threshold.
+    val_fraction: float = 0.0
+    val_seed: int = 0
+    threshold_rule: str = "best_f1"  # "best_f1" or "instance_recall" (at target_recall)
+    target_recall: float = 0.9
     # --- engineering --------------------------------------------------------------------------
     seed: int = 0
     num_workers: int = 0
@@ -138,6 +147,10 @@ class DeSTSegConfig:
         for name in ("batch_size", "top_t", "checkpoint_every", "seg_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction={self.val_fraction}: a fraction in [0, 1) of the test split")
+        if not 0 < self.target_recall <= 1:
+            raise ConfigError(f"target_recall={self.target_recall}: a recall in (0, 1]")
         if self.student_steps < 0 or self.seg_steps < 0:
             raise ConfigError("student_steps and seg_steps must be >= 0")
         return self

@@ -25,6 +25,7 @@ from .checkpoint import atomic_torch_save, atomic_write_text, load_model, read_c
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
 from .infer import Predictions, predict_dataset
+from .thresholds import choose_thresholds, decision_stats, validation_split
 from .toy import CATEGORY as TOY_CATEGORY
 from .toy import make_toy_dataset
 from .train import config_differences, train
@@ -195,12 +196,23 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     previous = _set_aside_outputs(out_dir)
     validate_split(split, require_test=True)  # train and test images and masks, before any training
     model, history = load_or_train(cfg, split, out_dir, device, retrain, progress)
-    test_set = TestImages(split.test, cfg.image_size, resize=cfg.resize)
+    val_samples, test_samples = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
+    thresholds = {}
+    if val_samples:  # thresholds chosen on the held-out part, metrics reported on the rest
+        val_preds = predict_dataset(model, TestImages(val_samples, cfg.image_size, resize=cfg.resize),
+                                    device=device, top_t=cfg.top_t, progress=progress)
+        thresholds = validated_thresholds(val_preds, cfg, split.name)
+    test_set = TestImages(test_samples, cfg.image_size, resize=cfg.resize)
     preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t, progress=progress)
     results = evaluate_predictions(preds)
     breakdown = per_defect(preds) if preds.labels.any() and not preds.labels.all() else []
-    meta = {"dataset": split.name, "n_train": len(split.train), "n_test": len(split.test),
-            "config": cfg.to_dict(), "device": str(device)}
+    meta = {"dataset": split.name, "n_train": len(split.train), "n_test": len(test_samples),
+            "n_validation": len(val_samples), "config": cfg.to_dict(), "device": str(device)}
+    if thresholds:
+        meta["thresholds"] = thresholds
+        meta["decisions_on_test"] = decision_stats(_method_maps(preds, thresholds["method"]), preds.masks,
+                                                   _method_scores(preds, thresholds["method"]), preds.labels,
+                                                   thresholds["image"], thresholds["pixel"])
     files = [write_json(out_dir / "metrics.json", {"results": results, **meta})]
     files.append(_write_csv(breakdown, out_dir / "per_defect.csv"))
     files.append(_write_csv([{"path": p, "defect_type": t, "label": int(l), "score": float(s),
@@ -208,7 +220,7 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
                              for p, t, l, s, d in zip(preds.paths, preds.defect_types, preds.labels,
                                                       preds.scores, preds.de_st_scores)],
                             out_dir / "per_image.csv"))
-    _store_threshold(out_dir / "model.pt", preds)
+    _store_thresholds(out_dir / "model.pt", thresholds)
     if figures:
         files += _figures(history, preds, test_set, out_dir / "figures", n_examples)
     for p in previous:  # superseded by this evaluation
@@ -217,18 +229,37 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
                   [f for f in files if f is not None])
 
 
-def _store_threshold(ckpt_path: Path, preds: Predictions) -> None:
-    """Record in the checkpoint the image-score threshold with the best F1 on this evaluation set
-    (labelled as such: it was chosen on the test data, so it is a reference, not a validated value)."""
-    if not ckpt_path.exists() or not preds.labels.any() or preds.labels.all():
-        return
-    from sklearn.metrics import precision_recall_curve
+def _method_maps(preds: Predictions, method: str) -> np.ndarray:
+    return preds.maps if method == "DeSTSeg" else preds.de_st_maps
 
-    p, r, t = precision_recall_curve(preds.labels, preds.scores)
-    f1 = 2 * p[:-1] * r[:-1] / np.maximum(p[:-1] + r[:-1], 1e-12)
+
+def _method_scores(preds: Predictions, method: str) -> np.ndarray:
+    return preds.scores if method == "DeSTSeg" else preds.de_st_scores
+
+
+def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: str = "") -> dict:
+    """The image and pixel thresholds of ``cfg.threshold_rule`` on validation predictions, for the
+    run's method (DeSTSeg, or DeST for a model without segmentation net), with where they came from."""
+    method = primary_method(cfg)
+    chosen = choose_thresholds(_method_maps(val_preds, method), val_preds.masks,
+                               _method_scores(val_preds, method), val_preds.labels,
+                               cfg.threshold_rule, cfg.target_recall)
+    n_anom = int(val_preds.labels.sum())
+    return {**chosen, "method": method,
+            "chosen_on": f"validation split of {dataset or 'the test data'}: {len(val_preds.labels)} images "
+                         f"({n_anom} anomalous), val_fraction={cfg.val_fraction}, val_seed={cfg.val_seed}",
+            "n_validation": len(val_preds.labels)}
+
+
+def _store_thresholds(ckpt_path: Path, thresholds: dict) -> None:
+    """Record the validated thresholds in the checkpoint (``{}`` without a validation split: the kit
+    never stores a threshold chosen on the data it reports on)."""
+    if not ckpt_path.exists():
+        return
     ckpt = read_checkpoint(ckpt_path)
-    ckpt["thresholds"] = {"image_score_best_f1_on_eval": float(t[int(np.argmax(f1))]),
-                          "note": "chosen on the evaluation set; pick your own on held-out data"}
+    if ckpt.get("thresholds", {}) == thresholds:
+        return
+    ckpt["thresholds"] = thresholds
     atomic_torch_save(ckpt, ckpt_path)
 
 

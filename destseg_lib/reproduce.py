@@ -434,7 +434,7 @@ def _config_diff(saved: dict, config: dict) -> list[str]:
         saved = DeSTSegConfig.from_dict(saved).to_dict()
     except Exception:
         pass
-    return config_differences(saved, DeSTSegConfig.from_dict(config))
+    return config_differences(saved, DeSTSegConfig.from_dict(config), evaluation=True)
 
 
 def run_metrics(run_dir, spec: dict) -> dict | None:
@@ -1360,9 +1360,11 @@ def plot_categories(summary: list[dict], comparison: list[dict], path=None,
         ax.grid(axis="y", alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
     uniq = dict(zip(labels, handles))
-    axes[0, 0].legend(uniq.values(), uniq.keys(), fontsize=7, ncol=min(len(uniq), 6), loc="lower left")
-    axes[0, 0].set_title("per category: mean ± std over seeds" + (" (black: the paper's Tables 1–3)"
-                                                                 if comparison else ""), fontsize=9)
+    # above the first panel, where it hides no bar (tight_layout leaves room for it)
+    axes[0, 0].legend(uniq.values(), uniq.keys(), fontsize=7, ncol=min(len(uniq), 6), loc="lower center",
+                      bbox_to_anchor=(0.5, 1.02), frameon=False, title_fontsize=9,
+                      title="per category: mean ± std over seeds" + (" (black: the paper's Tables 1–3)"
+                                                                    if comparison else ""))
     fig.tight_layout()
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)

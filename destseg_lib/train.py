@@ -28,13 +28,19 @@ from .models import DeSTSeg, cosine_distance_maps, segmentation_input
 from .synthesis import AnomalySynthesizer
 from .textures import make_texture_source
 
-# Fields that may differ between an interrupted run and its resumption.
-_RESUME_FREE = {"num_workers", "checkpoint_every", "cache_images", "amp"}
+# Fields that may differ between an interrupted run and its resumption: engineering ones, and those of
+# the evaluation only (which test images are held out for the thresholds and how they are chosen).
+_ENGINEERING = {"num_workers", "checkpoint_every", "cache_images", "amp"}
+_EVALUATION_ONLY = {"val_fraction", "val_seed", "threshold_rule", "target_recall"}
+_RESUME_FREE = _ENGINEERING | _EVALUATION_ONLY
 
 
-def config_differences(saved: dict, cfg: DeSTSegConfig) -> list[str]:
-    """Fields in which a saved run's config differs from ``cfg`` (engineering-only fields excepted)."""
-    return sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in _RESUME_FREE)
+def config_differences(saved: dict, cfg: DeSTSegConfig, evaluation: bool = False) -> list[str]:
+    """Fields in which a saved run's config differs from ``cfg``: those that change the training
+    (engineering fields and evaluation-only fields excepted), or with ``evaluation=True`` those that
+    change the training or the evaluation (for reusing a run's metrics)."""
+    free = _ENGINEERING if evaluation else _RESUME_FREE
+    return sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in free)
 
 
 class SyntheticBatches(torch.utils.data.Dataset):
@@ -173,7 +179,8 @@ def _grayscale(cfg: DeSTSegConfig, split: DatasetSplit) -> bool:
 def _write_log(history: list[dict], out_dir: Path) -> None:
     if not history:
         return
-    keys = sorted({k for h in history for k in h}, key=["step", "stage", "loss", "focal", "l1", "seconds"].index)
+    keys = sorted({k for h in history for k in h},
+                  key=["step", "stage", "loss", "focal", "l1", "seconds", "data_wait"].index)
     tmp = out_dir / "train_log.csv.tmp"
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -188,7 +195,8 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
 
     * ``out_dir/checkpoints/last.pt`` — every ``cfg.checkpoint_every`` steps and at the end of each
       stage (atomic); ``resume=True`` continues from it.
-    * ``out_dir/model.pt`` — the final model; ``out_dir/train_log.csv`` — one row per step.
+    * ``out_dir/model.pt`` — the final model; ``out_dir/train_log.csv`` — one row per step (losses,
+      elapsed seconds, and ``data_wait``: the seconds the step waited for its batch).
     * ``stop_after`` — stop (after checkpointing) once this many steps are done: for tests, for
       splitting a long run into sessions, and for the notebooks (stage 1 in one, stage 2 in the next).
     * ``callback(row)`` — called after every step with the logged row (step, stage, losses,
@@ -240,13 +248,18 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     t0 = time.perf_counter()
     bar = tqdm(total=end - start, desc="train", disable=not progress, unit="step")
     step = start
+    ready = time.perf_counter()
     for step, batch in enumerate(loader, start=start):
+        # seconds the model waited for this batch (synthesis in the main process with num_workers=0,
+        # or workers that fell behind): the "data_wait" column of train_log.csv
+        data_wait = time.perf_counter() - ready
         torch.manual_seed(_step_seed(cfg.seed, step))
         batch = tuple(t.to(device, non_blocking=True) for t in batch)
         stage = stage_of(cfg, step)
         row = training_step(model, batch, cfg, stage, opt_student if stage == 1 else opt_seg, use_amp, step)
         del row["loss_tensor"]
         row["seconds"] = round(time.perf_counter() - t0, 3)
+        row["data_wait"] = round(data_wait, 4)
         history.append(row)
         if callback is not None:
             callback(row)
@@ -256,6 +269,7 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
         if done % cfg.checkpoint_every == 0 or done in (cfg.student_steps, end):
             save(done, last)
             _write_log(history, out_dir)
+        ready = time.perf_counter()
     bar.close()
     seconds = time.perf_counter() - t0
     final = last

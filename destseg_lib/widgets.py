@@ -22,6 +22,8 @@ import math
 import cv2
 import numpy as np
 
+from .thresholds import best_f1_threshold, recall_threshold, region_detection_thresholds
+
 METHODS = ("DeSTSeg", "DeST")
 
 
@@ -52,16 +54,9 @@ class OperatingPoints:
         self.sorted_all = np.sort(maps, axis=None)
         self.sorted_anom = np.sort(maps[preds.masks])
         self.n_pixels, self.n_anom = self.sorted_all.size, self.sorted_anom.size
-        d, img, area = [], [], []
-        for i in np.flatnonzero(preds.masks.reshape(len(preds.masks), -1).any(1)):
-            k, lab = _regions(preds.masks[i])
-            for r in range(1, k + 1):
-                vals = np.sort(maps[i][lab == r])[::-1]
-                d.append(vals[int(math.floor(self.ioi * vals.size))])
-                img.append(int(i))
-                area.append(vals.size)
-        self.region_thresholds = np.asarray(d, dtype=np.float64)
-        self.region_images, self.region_areas = np.asarray(img, int), np.asarray(area, int)
+        regions = region_detection_thresholds(maps, preds.masks, self.ioi)
+        self.region_thresholds = regions["thresholds"]
+        self.region_images, self.region_areas = regions["images"], regions["areas"]
         self.scores, self.labels = np.asarray(scores, np.float64), np.asarray(preds.labels).astype(bool)
         self.map_range = (float(self.sorted_all[0]), float(self.sorted_all[-1]))
         self.score_range = (float(self.scores.min()), float(self.scores.max()))
@@ -99,12 +94,9 @@ class OperatingPoints:
         """The highest pixel threshold whose instance recall is >= ``target`` (the IAP@k point)."""
         if not 0 < target <= 1:
             raise ValueError(f"target={target!r}: an instance recall in (0, 1]")
-        k = self.region_thresholds.size
-        if k == 0:
+        if self.region_thresholds.size == 0:
             raise ValueError("no ground-truth instance in these predictions: instance recall is undefined")
-        d = np.sort(self.region_thresholds)[::-1]
-        j = next(i for i in range(k) if (i + 1) / k >= target)  # as metrics.iap
-        return float(d[j])
+        return recall_threshold(self.region_thresholds, target)  # as metrics.iap
 
 
 def operating_point_stats(preds, pixel_threshold: float, image_threshold: float | None = None,
@@ -129,14 +121,7 @@ def best_f1_image_threshold(preds, method: str = "DeSTSeg") -> float:
     labels = np.asarray(preds.labels).astype(bool)
     if not labels.any():
         raise ValueError("no anomalous image: image-level F1 is undefined")
-    best_t, best_f1 = None, -1.0
-    for t in np.unique(scores)[::-1]:
-        flagged = scores >= t
-        tp = np.count_nonzero(flagged & labels)
-        f1 = 2 * tp / (np.count_nonzero(flagged) + np.count_nonzero(labels))
-        if f1 > best_f1:
-            best_t, best_f1 = float(t), f1
-    return best_t
+    return best_f1_threshold(scores, labels)[0]
 
 
 def instance_table(preds, pixel_threshold: float, method: str = "DeSTSeg", ioi: float = 0.5) -> list[dict]:

@@ -22,7 +22,8 @@ def _one_line_error(capsys) -> str:
     """The error line (stderr may also hold progress bars, which redraw with carriage returns)."""
     err = capsys.readouterr().err
     lines = [ln for ln in err.replace("\r", "\n").split("\n") if ln.strip() and "it/s" not in ln
-             and "step/s" not in ln and "batch/s" not in ln and not ln.startswith(("train:", "predict:"))]
+             and "step/s" not in ln and "batch/s" not in ln and "image/s" not in ln
+             and not ln.startswith(("train:", "predict:", "destseg: note:"))]
     assert len(lines) == 1 and lines[0].startswith("destseg: error: "), err
     assert "Traceback" not in err
     return lines[0]
@@ -124,6 +125,10 @@ def test_predict_reports_a_map_it_could_not_write(trained, tmp_path, capsys):
     out = tmp_path / "pred"
     (out / "part_map.png").mkdir(parents=True)  # a folder where the map should go: imwrite fails
     code = main(["predict", "--checkpoint", str(trained), "--out", str(out), "--device", "cpu", str(img)])
+    err = _one_line_error(capsys)
+    assert code == 2 and "not empty" in err and "--overwrite" in err  # never written into silently
+    code = main(["predict", "--checkpoint", str(trained), "--out", str(out), "--device", "cpu", "--overwrite",
+                 str(img)])
     err = _one_line_error(capsys)
     assert code == 2 and "part_map.png" in err
 

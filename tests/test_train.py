@@ -20,6 +20,10 @@ def test_training_changes_weights_and_logs(ci_cfg, toy_split, tmp_path):
     assert [h["stage"] for h in res.history] == [1] * 6 + [2] * 6
     assert all(np.isfinite(h["loss"]) for h in res.history)
     assert (tmp_path / "model.pt").exists() and (tmp_path / "train_log.csv").exists()
+    # the seconds each step waited for its batch, a part of the elapsed time
+    waits = [h["data_wait"] for h in res.history]
+    assert all(w >= 0 for w in waits) and sum(waits) <= res.history[-1]["seconds"]
+    assert "data_wait" in (tmp_path / "train_log.csv").read_text().splitlines()[0]
     from destseg_lib.train import build_model
     init = build_model(ci_cfg)
     assert not torch.equal(init.student.stem[0].weight, res.model.student.stem[0].weight)

@@ -1,0 +1,256 @@
+"""Speed of DeSTSeg on this machine: the official graph's schedule vs ours, on the same maths.
+
+Per configuration (image size x batch x teacher, paper widths: seg_width 256), ms per image of
+
+* **stage 1** (student) and **stage 2** (segmentation) training steps, forward + backward + SGD:
+  - ``naive`` — the official graph's schedule: every step runs the whole model (teacher on the clean
+    and on the corrupted image, student on the corrupted one, segmentation net on -(T_hat*S_hat)),
+    computes the losses of both stages and back-propagates their sum through everything that
+    requires grad (the student in stage 2 too); the optimiser of the stage steps;
+  - ``ours`` — :func:`destseg_lib.train.training_step`: stage 1 runs teacher + student only, stage 2
+    computes the frozen features without autograd and trains the segmentation net; ``ours + NHWC``
+    the same with channels-last weights and batches;
+* **inference** (maps + top-T score):
+  - ``naive`` — the official test forward: model(img) with img_origin = img, so teacher and student
+    run twice, BN unfolded, ``no_grad``;
+  - ``ours`` — :func:`destseg_lib.infer.predict` (plain) and :class:`destseg_lib.fast.FastPredictor`
+    (BN folded, ``inference_mode``; with ``channels_last``; with ``torch.compile`` when ``--compile``);
+    bf16 autocast (``--bf16``); onnxruntime on the exported graph (when installed).
+
+FLOPs per image are counted with ``torch.utils.flop_counter`` on the same step (a multiply-add =
+2 FLOPs; backward included for training), giving achieved GFLOP/s, and the share of this machine's
+dense-conv peak: a 3x3 conv, 256 -> 256 channels at 64x64, batch 8, timed the same way (best of
+the repeats).  Data: the time to synthesise one training batch (Perlin + DTD-like textures) in
+the main process, i.e. what the model waits per step with ``num_workers=0``.
+
+Never asserts timings; prints a Markdown table and writes it (and JSON) to --results.  Run it
+alone: timings taken beside another CPU job are wrong.
+
+    python bench/speed.py                                   # the full grid (long on 2 cores)
+    python bench/speed.py --sizes 256 --batches 8 --teachers resnet18
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from destseg_lib.config import VARIANTS, get_preset
+from destseg_lib.fast import FastPredictor, available_cpus, channels_last_batch, to_channels_last
+from destseg_lib.infer import predict, top_t_score
+from destseg_lib.losses import cosine_loss, segmentation_loss
+from destseg_lib.models import cosine_distance_maps, de_st_map, segmentation_input
+from destseg_lib.train import build_model, make_optimizers, training_step
+
+
+def timed(fn, reps: int, warmup: int = 1) -> float:
+    """Best wall seconds of ``reps`` calls after ``warmup`` calls (best-of: the least disturbed)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def flops_of(fn) -> float:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return float(fc.get_total_flops())
+
+
+def conv_peak(reps: int) -> float:
+    """GFLOP/s of a large dense 3x3 conv (256 -> 256, 64x64, batch 8), forward, best of ``reps``."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
+    x = torch.randn(8, 256, 64, 64)
+    flops = 2 * 256 * 256 * 9 * 64 * 64 * 8
+
+    def run():
+        with torch.inference_mode():
+            conv(x)
+    return flops / timed(run, reps) / 1e9
+
+
+def batch_of(cfg, batch: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    s = cfg.image_size
+    clean = torch.rand(batch, 3, s, s, generator=g)
+    mask = (torch.rand(batch, 1, s, s, generator=g) > 0.9).float()
+    aug = clean * (1 - mask) + mask * torch.rand(batch, 3, s, s, generator=g)
+    return clean, aug, mask
+
+
+def naive_step(model, batch, cfg, stage, optimizer):
+    """The official graph's schedule (module docstring)."""
+    clean, aug, mask = batch
+    model.student.train(stage == 1)
+    model.segmentation.train(stage == 2)
+    with torch.no_grad():
+        t_clean = model.teacher(model.normalize(clean))
+        t_aug = model.teacher(model.normalize(aug))
+    s_aug = model.student_features(model.normalize(aug))
+    probs = model.segmentation(segmentation_input(t_aug, s_aug, cfg.seg_input))
+    loss = cosine_loss(cosine_distance_maps(t_clean, s_aug)) + segmentation_loss(probs, mask, cfg.focal_gamma)["loss"]
+    model.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+@torch.no_grad()
+def naive_inference(model, images, top_t):
+    """The official test forward: the model run with img_origin = img (teacher and student twice)."""
+    model.eval()
+    x = model.normalize(images)
+    t_aug, s_aug = model.teacher(x), model.student_features(x)
+    seg = model.segmentation(segmentation_input(t_aug, s_aug, "product"))
+    t_orig, s_orig = model.teacher(x.clone()), model.student_features(x.clone())
+    de_st = de_st_map(cosine_distance_maps(t_orig, s_orig), images.shape[-2:])[:, 0]
+    amap = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    return amap, top_t_score(amap, top_t), de_st, top_t_score(de_st, top_t)
+
+
+def data_seconds(cfg, batch: int, reps: int) -> float:
+    """Seconds to synthesise one training batch in this process (what the model waits, 0 workers)."""
+    from destseg_lib.data import TrainImages, mvtec_split
+    from destseg_lib.synthesis import AnomalySynthesizer
+    from destseg_lib.textures import make_texture_source
+    from destseg_lib.toy import make_toy_dataset
+    from destseg_lib.train import SyntheticBatches
+
+    split = mvtec_split(make_toy_dataset("data/toy"), "toy_part")
+    synth = AnomalySynthesizer.from_config(cfg, make_texture_source(None), False)
+    images = TrainImages(split.train, cfg.image_size)
+    batches = SyntheticBatches(images, synth, batch, 0)
+    for i in range(len(images)):  # decode once (the training set is cached)
+        images[i]
+    step = iter(range(10 ** 6))
+    return timed(lambda: batches[next(step)], reps)
+
+
+def measure(teacher: str, size: int, batch: int, variant: str, reps: int, args, peak: float) -> list[dict]:
+    over = dict(VARIANTS[variant])
+    cfg = get_preset("paper", teacher=teacher, image_size=size, batch_size=batch, seg_width=256,
+                     teacher_weights=None, **over)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random teacher weights: fine for timing
+        model = build_model(cfg)
+    opt_s, opt_g = make_optimizers(model, cfg)
+    data = batch_of(cfg, batch)
+    rows = []
+    base = {"teacher": teacher, "size": size, "batch": batch, "variant": variant}
+
+    def add(phase, mode, fn, flops_fn=None):
+        seconds = timed(fn, reps, args.warmup)
+        flops = flops_of(flops_fn or fn) / batch
+        ms = 1000 * seconds / batch
+        rows.append({**base, "phase": phase, "mode": mode, "ms_per_image": ms, "gflop_per_image": flops / 1e9,
+                     "gflops": flops / 1e9 / (ms / 1000), "peak_share": flops / 1e9 / (ms / 1000) / peak})
+        print(f"  {teacher:<18} {size:>3} b{batch:<3} {variant:<8} {phase:<10} {mode:<22} {ms:9.1f} ms/img",
+              flush=True)
+
+    model_cl = to_channels_last(copy.deepcopy(model))
+    opt_cl = make_optimizers(model_cl, cfg)
+    data_cl = channels_last_batch(data)
+    for stage, opt in ((1, opt_s), (2, opt_g)):
+        phase = f"stage {stage}"
+        add(phase, "naive", lambda: naive_step(model, data, cfg, stage, opt))
+        add(phase, "ours", lambda: training_step(model, data, cfg, stage, opt))
+        add(phase, "ours + NHWC", lambda: training_step(model_cl, data_cl, cfg, stage, opt_cl[stage - 1]))
+    x = data[1]
+    add("inference", "naive", lambda: naive_inference(model, x, cfg.top_t))
+    add("inference", "ours: predict", lambda: predict(model, x, cfg.top_t))
+    fast = FastPredictor(model, cfg.top_t)
+    add("inference", "ours: BN folded", lambda: fast(x))
+    fast_cl = FastPredictor(model, cfg.top_t, channels_last=True)
+    add("inference", "ours: folded + NHWC", lambda: fast_cl(x))
+    if args.bf16:
+        def bf16():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                fast(x)
+        add("inference", "ours: folded, bf16", bf16, lambda: fast(x))
+    if args.compile:
+        comp = FastPredictor(model, cfg.top_t, compile=True)
+        comp(x)  # compiles (minutes); falls back to eager with a warning
+        add("inference", "ours: folded, compiled" if comp.compiled else "compile failed: eager",
+            lambda: comp(x), lambda: fast(x))
+    try:
+        import onnxruntime  # noqa: F401
+
+        from destseg_lib.export import OnnxScorer, export_onnx
+        path = Path(args.results).parent / f"_speed_{teacher}_{size}.onnx"
+        export_onnx(model, path, size, cfg.top_t)
+        scorer = OnnxScorer(path)
+        add("inference", "onnxruntime", lambda: scorer.run(x), lambda: fast(x))
+        path.unlink(missing_ok=True)
+    except ImportError:
+        pass
+    if variant == "destseg":
+        rows.append({**base, "phase": "data", "mode": "synthesis, 0 workers",
+                     "ms_per_image": 1000 * data_seconds(cfg, batch, reps) / batch})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| teacher | size | batch | variant | phase | mode | ms / image | naive / this | GFLOP / image | GFLOP/s | share of conv peak |",
+           "|---|---:|---:|---|---|---|---:|---:|---:|---:|---:|"]
+    naive = {(r["teacher"], r["size"], r["batch"], r["variant"], r["phase"]): r["ms_per_image"]
+             for r in rows if r["mode"] == "naive"}
+    for r in rows:
+        key = (r["teacher"], r["size"], r["batch"], r["variant"], r["phase"])
+        ratio = f"{naive[key] / r['ms_per_image']:.2f}x" if key in naive and r["mode"] != "naive" else ""
+        fl = (f"{r['gflop_per_image']:.2f} | {r['gflops']:.0f} | {100 * r['peak_share']:.0f} %"
+              if "gflops" in r else " | | ")
+        out.append(f"| {r['teacher']} | {r['size']} | {r['batch']} | {r['variant']} | {r['phase']} | {r['mode']} | "
+                   f"{r['ms_per_image']:.1f} | {ratio} | {fl} |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[256, 128])
+    ap.add_argument("--batches", type=int, nargs="+", default=[8, 32])
+    ap.add_argument("--teachers", nargs="+", default=["resnet18", "efficientnet_lite0"])
+    ap.add_argument("--variants", nargs="+", default=["destseg"], choices=sorted(VARIANTS))
+    ap.add_argument("--reps", type=int, default=2, help="timed repeats (best of)")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
+    ap.add_argument("--bf16", action="store_true", help="also bf16 autocast inference")
+    ap.add_argument("--compile", action="store_true", help="also torch.compile'd inference (slow to compile)")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "speed"))
+    args = ap.parse_args(argv)
+    threads = torch.get_num_threads() if args.threads is None and torch.get_num_threads() <= available_cpus() \
+        else (args.threads or available_cpus())
+    torch.set_num_threads(threads)
+    peak = conv_peak(max(3, args.reps))
+    head = (f"{platform.processor() or platform.machine()}, {available_cpus()} CPUs, torch {torch.__version__}, "
+            f"{threads} threads; dense 3x3 conv peak {peak:.0f} GFLOP/s")
+    print(head, flush=True)
+    rows = []
+    for teacher in args.teachers:
+        for size in args.sizes:
+            for batch in args.batches:
+                for variant in args.variants:
+                    rows += measure(teacher, size, batch, variant, args.reps, args, peak)
+    md = f"{head}\n\n{table(rows)}\n"
+    print(md)
+    Path(args.results).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.results + ".md").write_text(md)
+    Path(args.results + ".json").write_text(json.dumps({"machine": head, "peak_gflops": peak, "rows": rows},
+                                                       indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,142 @@
+"""ONNX export of the whole inference graph, and scoring with onnxruntime.
+
+    destseg export --checkpoint runs/part/model.pt --out part.onnx
+    destseg predict --checkpoint runs/part/model.pt --onnx part.onnx --out predictions/ images/
+
+:func:`export_onnx` writes :class:`~destseg_lib.fast.InferenceGraph` of the BN-folded model —
+teacher + student + segmentation net + bilinear upsampling + top-T score (Sec. 3.4) — as one ONNX
+graph: input ``images`` (B x 3 x S x S, float32 in [0, 1], any batch size B, S = the checkpoint's
+``image_size``), outputs ``anomaly_map`` (B x S x S), ``score`` (B), ``de_st_map``, ``de_st_score``.
+The normalisation is inside the graph.  The file's metadata hold the kit's config and the stored
+thresholds (JSON), so a deployment needs nothing else.  ``tests/test_export.py`` checks onnxruntime's
+outputs against PyTorch's (1e-4 absolute).
+
+Needs ``pip install 'destseg-kit[onnx]'`` (onnx, onnxscript, onnxruntime).  Export uses
+``torch.onnx.export(dynamo=True)`` and falls back to the TorchScript exporter when onnxscript is
+missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DestSegError
+from .fast import OUTPUT_NAMES, InferenceGraph, fold_batchnorm
+
+OPSET = 18
+
+
+class ExportError(DestSegError, RuntimeError):
+    """The ONNX tools are missing, or the export / the runtime failed."""
+
+
+def _require(module: str, what: str):
+    try:
+        return __import__(module)
+    except ImportError:
+        raise ExportError(f"{what} needs the package {module!r}: pip install 'destseg-kit[onnx]' "
+                          "(onnx, onnxscript, onnxruntime)") from None
+
+
+def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict | None = None,
+                opset: int = OPSET) -> Path:
+    """Write the BN-folded inference graph of ``model`` to ``path`` (see the module docstring);
+    ``metadata``: string-valued entries stored in the file (values that are not strings as JSON).
+    Written to a temporary name and renamed: an interrupted export leaves no partial file."""
+    onnx = _require("onnx", "ONNX export")
+    path = Path(path)
+    graph = InferenceGraph(fold_batchnorm(model).cpu(), top_t).eval()
+    example = torch.rand(2, 3, image_size, image_size)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    names = dict(input_names=["images"], output_names=list(OUTPUT_NAMES))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                import onnxscript  # noqa: F401  (the dynamo exporter's translator)
+
+                program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset, verbose=False,
+                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                                            **names)
+                program.save(str(tmp))
+            except ImportError:
+                torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=opset,
+                                  dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                                  **names)
+        proto = onnx.load(str(tmp))
+        for key, value in (metadata or {}).items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = str(key), value if isinstance(value, str) else json.dumps(value)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(tmp))
+        os.replace(tmp, path)
+    except ExportError:
+        raise
+    except Exception as e:
+        raise ExportError(f"ONNX export to {path} failed ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
+
+
+def export_checkpoint(checkpoint, path, opset: int = OPSET) -> Path:
+    """Export the model of a kit checkpoint, with its config and thresholds as metadata."""
+    from .checkpoint import load_model
+    from .config import DeSTSegConfig
+
+    model, ckpt = load_model(checkpoint, "cpu")
+    cfg = DeSTSegConfig.from_dict(ckpt["config"])
+    meta = {"destseg_config": cfg.to_dict(), "destseg_thresholds": ckpt.get("thresholds") or {},
+            "destseg_source": str(checkpoint), "image_size": str(cfg.image_size), "top_t": str(cfg.top_t)}
+    return export_onnx(model, path, cfg.image_size, cfg.top_t, meta, opset)
+
+
+def read_metadata(path) -> dict:
+    """The metadata of an exported file, JSON values decoded."""
+    onnx = _require("onnx", "reading ONNX metadata")
+    out = {}
+    for p in onnx.load(str(path), load_external_data=False).metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except ValueError:
+            out[p.key] = p.value
+    return out
+
+
+class OnnxScorer:
+    """``scorer(images) -> (anomaly maps, scores)`` as numpy with onnxruntime (CPU by default):
+    the same interface as :func:`destseg_lib.predict.torch_scorer`.  ``threads``: intra-op threads
+    (default: the CPUs this process may use)."""
+
+    def __init__(self, path, threads: int | None = None, providers=None):
+        ort = _require("onnxruntime", "scoring with ONNX")
+        from .fast import available_cpus
+
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"ONNX model {path} not found: export one with destseg export")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = int(threads or available_cpus())
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
+        except Exception as e:
+            raise ExportError(f"onnxruntime cannot load {path} ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, images) -> dict:
+        """All four outputs, as a dict of numpy arrays."""
+        x = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+        outs = self.session.run(None, {self.input_name: np.ascontiguousarray(x, np.float32)})
+        return dict(zip(self.output_names, outs))
+
+    def __call__(self, images):
+        out = self.run(images)
+        return out["anomaly_map"], out["score"]
