@@ -15,12 +15,15 @@ Per configuration (image size x batch x teacher, paper widths: seg_width 256), m
     run twice, BN unfolded, ``no_grad``;
   - ``ours`` — :func:`destseg_lib.infer.predict` (plain) and :class:`destseg_lib.fast.FastPredictor`
     (BN folded, ``inference_mode``; with ``channels_last``; with ``torch.compile`` when ``--compile``);
-    bf16 autocast (``--bf16``); onnxruntime on the exported graph (when installed).
+    bf16 autocast (``--bf16``, also for the training steps: not the same maths, float32 losses);
+    onnxruntime on the exported graph (when installed).
 
 FLOPs per image are counted with ``torch.utils.flop_counter`` on the same step (a multiply-add =
 2 FLOPs; backward included for training), giving achieved GFLOP/s, and the share of this machine's
-dense-conv peak: a 3x3 conv, 256 -> 256 channels at 64x64, batch 8, timed the same way (best of
-the repeats).  Data: the time to synthesise one training batch (Perlin + DTD-like textures) in
+dense-conv peak (:func:`conv_peak`: the best undilated 3x3 conv of the head's shapes, timed the
+same way).  Shares above 100 % happen: the counter counts every tap of the dilated ASPP
+convolutions, also those on the zero padding (at 1/4 resolution most of the rate-12/18 taps),
+which oneDNN's kernels need not compute.  Data: the time to synthesise one training batch (Perlin + DTD-like textures) in
 the main process, i.e. what the model waits per step with ``num_workers=0``.
 
 Never asserts timings; prints a Markdown table and writes it (and JSON) to --results.  Run it
@@ -71,15 +74,24 @@ def flops_of(fn) -> float:
 
 
 def conv_peak(reps: int) -> float:
-    """GFLOP/s of a large dense 3x3 conv (256 -> 256, 64x64, batch 8), forward, best of ``reps``."""
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False).eval()
-    x = torch.randn(8, 256, 64, 64)
-    flops = 2 * 256 * 256 * 9 * 64 * 64 * 8
+    """This machine's dense-conv peak, GFLOP/s: the best of undilated 3x3 convolutions of the segmentation
+    head's shapes (256 -> 256 at 64x64, 1024 -> 256 at 32x32; batch 8, forward), in NCHW and in
+    NHWC memory order, each the best of ``reps`` timed calls.  (Dilated convolutions are left out:
+    the FLOP counter counts the taps that fall on the zero padding, which the kernels may skip.)"""
+    best = 0.0
+    for cin, hw in ((256, 64), (1024, 32)):
+        conv = torch.nn.Conv2d(cin, 256, 3, padding=1, bias=False).eval()
+        x = torch.randn(8, cin, hw, hw)
+        flops = 2 * cin * 256 * 9 * hw * hw * 8
+        for nhwc in (False, True):
+            c = copy.deepcopy(conv).to(memory_format=torch.channels_last) if nhwc else conv
+            xi = x.contiguous(memory_format=torch.channels_last) if nhwc else x
 
-    def run():
-        with torch.inference_mode():
-            conv(x)
-    return flops / timed(run, reps) / 1e9
+            def run():
+                with torch.inference_mode():
+                    c(xi)
+            best = max(best, flops / timed(run, reps) / 1e9)
+    return best
 
 
 def batch_of(cfg, batch: int, seed: int = 0):
@@ -165,9 +177,16 @@ def measure(teacher: str, size: int, batch: int, variant: str, reps: int, args, 
     data_cl = channels_last_batch(data)
     for stage, opt in ((1, opt_s), (2, opt_g)):
         phase = f"stage {stage}"
+        if phase.replace(" ", "") not in args.phases:
+            continue
         add(phase, "naive", lambda: naive_step(model, data, cfg, stage, opt))
         add(phase, "ours", lambda: training_step(model, data, cfg, stage, opt))
         add(phase, "ours + NHWC", lambda: training_step(model_cl, data_cl, cfg, stage, opt_cl[stage - 1]))
+        if args.bf16:  # not the same maths: bf16 convolutions (float32 losses)
+            add(phase, "ours, bf16 autocast", lambda: training_step(model, data, cfg, stage, opt, use_amp=True),
+                lambda: training_step(model, data, cfg, stage, opt))
+    if "inference" not in args.phases:
+        return rows
     x = data[1]
     add("inference", "naive", lambda: naive_inference(model, x, cfg.top_t))
     add("inference", "ours: predict", lambda: predict(model, x, cfg.top_t))
@@ -196,7 +215,7 @@ def measure(teacher: str, size: int, batch: int, variant: str, reps: int, args, 
         path.unlink(missing_ok=True)
     except ImportError:
         pass
-    if variant == "destseg":
+    if variant == "destseg" and "stage1" in args.phases:
         rows.append({**base, "phase": "data", "mode": "synthesis, 0 workers",
                      "ms_per_image": 1000 * data_seconds(cfg, batch, reps) / batch})
     return rows
@@ -226,7 +245,9 @@ def main(argv=None) -> int:
     ap.add_argument("--reps", type=int, default=2, help="timed repeats (best of)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the CPUs available)")
-    ap.add_argument("--bf16", action="store_true", help="also bf16 autocast inference")
+    ap.add_argument("--phases", nargs="+", default=["stage1", "stage2", "inference"],
+                    choices=["stage1", "stage2", "inference"])
+    ap.add_argument("--bf16", action="store_true", help="also bf16 autocast (training steps and inference)")
     ap.add_argument("--compile", action="store_true", help="also torch.compile'd inference (slow to compile)")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "speed"))
     args = ap.parse_args(argv)
