@@ -252,12 +252,16 @@ def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: st
 
 
 def _store_thresholds(ckpt_path: Path, thresholds: dict) -> None:
-    """Record the validated thresholds in the checkpoint (``{}`` without a validation split: the kit
-    never stores a threshold chosen on the data it reports on)."""
+    """Record the validated thresholds in the checkpoint.  Without a validation split nothing new is
+    stored (the kit never stores a threshold chosen on the data it reports on): thresholds validated
+    by an earlier run stay, a test-set threshold of kit versions before validation splits is removed."""
     if not ckpt_path.exists():
         return
     ckpt = read_checkpoint(ckpt_path)
-    if ckpt.get("thresholds", {}) == thresholds:
+    old = ckpt.get("thresholds") or {}
+    if not thresholds:
+        thresholds = old if "chosen_on" in old else {}
+    if old == thresholds:
         return
     ckpt["thresholds"] = thresholds
     atomic_torch_save(ckpt, ckpt_path)

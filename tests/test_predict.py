@@ -148,3 +148,16 @@ def test_collect_inputs_files_folders_globs_and_problems(tmp_path):
 def test_png16_round_trip():
     a = np.array([[0.0, 0.5, 1.0, 1.7, -0.2]], np.float32)
     assert np.allclose(png16_to_map(map_to_png16(a)), np.clip(a, 0, 1), atol=1 / 65535)
+
+
+def test_evaluating_again_without_a_validation_split_keeps_the_validated_thresholds(trained, tmp_path):
+    import shutil
+
+    data, out = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    before = torch.load(copy / "model.pt", weights_only=True)["thresholds"]
+    r = _cli("run", "--preset", "ci", "--data-root", data, "--out", copy, "--device", "cpu")  # val_fraction=0
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads((copy / "metrics.json").read_text())["n_test"] == 12  # loaded, evaluated on all
+    assert torch.load(copy / "model.pt", weights_only=True)["thresholds"] == before
