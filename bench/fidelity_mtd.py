@@ -43,7 +43,6 @@ def grid(seeds=(0, 1, 2), singles=tuple(SINGLES)):
 
 def _reusable(folders, seed: int, cfg):
     """(results, minutes) of ``<folder>/seed<seed>`` when its metrics.json was made with ``cfg``."""
-    from destseg_lib.config import DeSTSegConfig
     from destseg_lib.train import config_differences
 
     for folder in folders:

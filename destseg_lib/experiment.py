@@ -25,7 +25,7 @@ from .checkpoint import atomic_torch_save, atomic_write_text, load_model, read_c
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
 from .infer import Predictions, predict_dataset
-from .thresholds import choose_thresholds, decision_stats, validation_split
+from .thresholds import choose_thresholds, decision_stats, method_outputs, validation_split
 from .toy import CATEGORY as TOY_CATEGORY
 from .toy import make_toy_dataset
 from .train import config_differences, train
@@ -210,8 +210,8 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
             "n_validation": len(val_samples), "config": cfg.to_dict(), "device": str(device)}
     if thresholds:
         meta["thresholds"] = thresholds
-        meta["decisions_on_test"] = decision_stats(_method_maps(preds, thresholds["method"]), preds.masks,
-                                                   _method_scores(preds, thresholds["method"]), preds.labels,
+        maps, scores = method_outputs(preds, thresholds["method"])
+        meta["decisions_on_test"] = decision_stats(maps, preds.masks, scores, preds.labels,
                                                    thresholds["image"], thresholds["pixel"])
     files = [write_json(out_dir / "metrics.json", {"results": results, **meta})]
     files.append(_write_csv(breakdown, out_dir / "per_defect.csv"))
@@ -229,21 +229,13 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
                   [f for f in files if f is not None])
 
 
-def _method_maps(preds: Predictions, method: str) -> np.ndarray:
-    return preds.maps if method == "DeSTSeg" else preds.de_st_maps
-
-
-def _method_scores(preds: Predictions, method: str) -> np.ndarray:
-    return preds.scores if method == "DeSTSeg" else preds.de_st_scores
-
-
 def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: str = "") -> dict:
     """The image and pixel thresholds of ``cfg.threshold_rule`` on validation predictions, for the
     run's method (DeSTSeg, or DeST for a model without segmentation net), with where they came from."""
     method = primary_method(cfg)
-    chosen = choose_thresholds(_method_maps(val_preds, method), val_preds.masks,
-                               _method_scores(val_preds, method), val_preds.labels,
-                               cfg.threshold_rule, cfg.target_recall)
+    maps, scores = method_outputs(val_preds, method)
+    chosen = choose_thresholds(maps, val_preds.masks, scores, val_preds.labels, cfg.threshold_rule,
+                               cfg.target_recall)
     n_anom = int(val_preds.labels.sum())
     return {**chosen, "method": method,
             "chosen_on": f"validation split of {dataset or 'the test data'}: {len(val_preds.labels)} images "

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, read_image, resize_image
+from .data import IMAGE_EXTENSIONS, _is_image, read_image, resize_image
 from .errors import DataError, OutputError
 
 CSV_COLUMNS = ("input", "status", "error", "score", "image_threshold", "decision", "pixel_threshold",
@@ -59,7 +59,8 @@ _GLOB_CHARS = set("*?[")
 
 # ----------------------------------------------------------------------------- inputs
 def collect_inputs(items) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Expand files, folders (recursive, image extensions) and glob patterns into a sorted,
+    """Expand files, folders (recursive: image files as the dataset loaders list them, hidden files
+    such as macOS ``._x.png`` skipped) and glob patterns into a sorted,
     de-duplicated list of files, and the problems: ``[(item, reason)]`` for paths that do not exist,
     folders without images or that cannot be listed, and globs that match nothing."""
     files: list[Path] = []
@@ -71,7 +72,7 @@ def collect_inputs(items) -> tuple[list[Path], list[tuple[str, str]]]:
             files.append(p)
         elif p.is_dir():
             try:
-                found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
+                found = sorted(q for q in p.rglob("*") if _is_image(q))
             except OSError as e:
                 problems.append((item, f"cannot list the folder ({e.strerror or e})"))
                 continue

@@ -27,6 +27,15 @@ import cv2
 import numpy as np
 
 RULES = ("best_f1", "instance_recall")
+METHODS = ("DeSTSeg", "DeST")
+
+
+def method_outputs(preds, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """(maps, scores) of ``method`` in a :class:`~destseg_lib.infer.Predictions`: the DeSTSeg
+    segmentation maps, or the DeST-only product of cosine distances."""
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: choose 'DeSTSeg' or 'DeST'")
+    return (preds.maps, preds.scores) if method == "DeSTSeg" else (preds.de_st_maps, preds.de_st_scores)
 
 
 # ----------------------------------------------------------------------------- validation split

@@ -22,17 +22,11 @@ import math
 import cv2
 import numpy as np
 
-from .thresholds import best_f1_threshold, recall_threshold, region_detection_thresholds
-
-METHODS = ("DeSTSeg", "DeST")
+from .thresholds import METHODS  # noqa: F401  (re-exported: the methods the explorers show)
+from .thresholds import best_f1_threshold, method_outputs, recall_threshold, region_detection_thresholds
 
 
 # ============================================================================ numbers
-def _maps_scores(preds, method: str):
-    if method not in METHODS:
-        raise ValueError(f"method={method!r}: choose 'DeSTSeg' or 'DeST'")
-    return (preds.maps, preds.scores) if method == "DeSTSeg" else (preds.de_st_maps, preds.de_st_scores)
-
 
 def _regions(mask: np.ndarray) -> tuple[int, np.ndarray]:
     n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
@@ -49,7 +43,7 @@ class OperatingPoints:
     largest score in the region: the region is detected at t iff t <= d_r)."""
 
     def __init__(self, preds, method: str = "DeSTSeg", ioi: float = 0.5):
-        maps, scores = _maps_scores(preds, method)
+        maps, scores = method_outputs(preds, method)
         self.method, self.ioi = method, float(ioi)
         self.sorted_all = np.sort(maps, axis=None)
         self.sorted_anom = np.sort(maps[preds.masks])
@@ -117,7 +111,7 @@ def threshold_for_instance_recall(preds, target: float = 0.9, method: str = "DeS
 def best_f1_image_threshold(preds, method: str = "DeSTSeg") -> float:
     """The image-score threshold (one of the scores) with the best image-level F1; ties -> the
     highest threshold.  Chosen on the data it is evaluated on: a reference, not a validated value."""
-    _, scores = _maps_scores(preds, method)
+    _, scores = method_outputs(preds, method)
     labels = np.asarray(preds.labels).astype(bool)
     if not labels.any():
         raise ValueError("no anomalous image: image-level F1 is undefined")
@@ -128,7 +122,7 @@ def instance_table(preds, pixel_threshold: float, method: str = "DeSTSeg", ioi: 
     """One row per ground-truth instance: image index, defect type, area, the fraction of its
     pixels >= ``pixel_threshold``, whether that is > ``ioi`` (detected), its detection threshold
     and its peak score, and its mask (``region_mask``)."""
-    maps, _ = _maps_scores(preds, method)
+    maps, _ = method_outputs(preds, method)
     rows = []
     for i in np.flatnonzero(preds.masks.reshape(len(preds.masks), -1).any(1)):
         k, lab = _regions(preds.masks[i])
@@ -147,7 +141,7 @@ def instance_table(preds, pixel_threshold: float, method: str = "DeSTSeg", ioi: 
 def false_positive_regions(preds, pixel_threshold: float, method: str = "DeSTSeg") -> list[dict]:
     """Connected regions (8-connected) of ``map >= pixel_threshold`` that touch no ground-truth
     pixel, largest peak score first: image, defect type, area, peak score, ``region_mask``."""
-    maps, _ = _maps_scores(preds, method)
+    maps, _ = method_outputs(preds, method)
     rows = []
     for i in range(len(maps)):
         k, lab = _regions(maps[i] >= pixel_threshold)
@@ -281,7 +275,7 @@ def threshold_explorer(preds, test_set, method: str = "DeSTSeg", indices=None, t
     from .viz import _hwc, prediction_overlay
 
     ops = OperatingPoints(preds, method)
-    maps, scores = _maps_scores(preds, method)
+    maps, scores = method_outputs(preds, method)
     if indices is None:
         indices, seen = [], set()
         for i in np.argsort(-scores, kind="stable"):

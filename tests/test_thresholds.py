@@ -1,6 +1,4 @@
 """destseg_lib.thresholds: the validation split and the threshold rules, against brute force."""
-import itertools
-
 import numpy as np
 import pytest
 
