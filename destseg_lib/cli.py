@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from .config import PRESETS, TEACHERS
 from .errors import ConfigError, DestSegError, DeviceError
 
 
@@ -139,7 +140,7 @@ def cmd_evaluate(args) -> int:
     if val:  # the images its thresholds were chosen on are not evaluated
         print(f"evaluating {len(test)} of {len(split.test)} test images: the other {len(val)} are the "
               f"validation split of this model (val_fraction={cfg.val_fraction}, val_seed={cfg.val_seed})")
-    preds = predict_dataset(model, TestImages(test, cfg.image_size, resize=cfg.resize), device=device, top_t=cfg.top_t)
+    preds = predict_dataset(model, TestImages.for_config(test, cfg), device=device, top_t=cfg.top_t)
     results = evaluate_predictions(preds)
     print(format_table(results))
     if args.json:
@@ -175,6 +176,7 @@ def cmd_predict(args) -> int:
     else:
         scorer = torch_scorer(model, cfg.top_t)
     report = predict_files(args.inputs, scorer, cfg.image_size, args.out, resize=cfg.resize,
+                           aspect=cfg.aspect, max_aspect=cfg.max_aspect,
                            image_threshold=image_t, pixel_threshold=pixel_t, threshold_source="; ".join(source),
                            batch_size=args.batch_size, overwrite=args.overwrite)
     flagged = sum(r.get("decision") == "anomalous" for r in report.rows)
@@ -206,8 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("run", "paper", "train (or load) + evaluate + figures")):
         p = sub.add_parser(name, help=help_)
         _add_data_args(p)
-        p.add_argument("--preset", default=preset, choices=["paper", "quick", "ci"])
-        p.add_argument("--teacher", default=None, choices=["resnet18", "efficientnet_lite0"])
+        p.add_argument("--preset", default=preset, choices=sorted(PRESETS))
+        p.add_argument("--teacher", default=None, choices=list(TEACHERS))
         p.add_argument("--texture-dir", default=None, help="DTD-layout folder (default: built-in textures)")
         p.add_argument("--seed", type=int, default=None)
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")

@@ -390,21 +390,53 @@ def resize_array(img: np.ndarray, hw: tuple[int, int], mode: str = "antialias") 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8) if img.dtype == np.uint8 else out.astype(img.dtype)
 
 
-def _resize_u8(img: np.ndarray, size: int, mode: str = "antialias") -> np.ndarray:
+ASPECTS = ("square", "keep")
+
+
+def model_hw(hw: tuple[int, int], image_size: int, aspect: str = "square",
+             max_aspect: float = 4.0) -> tuple[int, int]:
+    """The (H, W) an image of native size ``hw`` is resized to before the networks see it.
+
+    ``aspect="square"`` (the paper's): ``image_size`` x ``image_size``, whatever the image's shape.
+    ``"keep"``: the short side becomes ``image_size`` and the long side keeps the aspect ratio,
+    rounded to a multiple of 16 (the networks' total stride) and capped at ``max_aspect`` times the
+    short side; the networks are fully convolutional, so any such shape works.  A 1:2.5 line-scan
+    image at ``image_size=128`` becomes 128 x 320 instead of a squashed 128 x 128.
+    """
+    s = int(image_size)
+    if aspect == "square":
+        return s, s
+    if aspect != "keep":
+        raise DataError(f"aspect={aspect!r}: use one of {ASPECTS}.")
+    h, w = int(hw[0]), int(hw[1])
+    if h <= 0 or w <= 0:
+        raise DataError(f"image size {hw!r} is not positive.")
+    cap = max(s, int(s * max_aspect) // 16 * 16)
+    long_side = min(max(s, int(round(s * max(h, w) / min(h, w) / 16)) * 16), cap)
+    return (s, long_side) if h <= w else (long_side, s)
+
+
+def _hw_of(size) -> tuple[int, int]:
+    return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+
+def _resize_u8(img: np.ndarray, size, mode: str = "antialias") -> np.ndarray:
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
-    return resize_array(img, (size, size), mode)
+    return resize_array(img, _hw_of(size), mode)
 
 
-def resize_image(img: np.ndarray, size: int, mode: str = "antialias") -> torch.Tensor:
-    """HxWx3 (uint8, or float in [0,1]) -> float32 3xSxS in [0,1], bilinear (official: PIL, antialiased)."""
+def resize_image(img: np.ndarray, size, mode: str = "antialias") -> torch.Tensor:
+    """HxWx3 (uint8, or float in [0,1]) -> float32 3xHxW in [0,1] at ``size`` (S for SxS, or (H, W)),
+    bilinear (official: PIL, antialiased)."""
     out = torch.from_numpy(np.ascontiguousarray(_resize_u8(img, size, mode))).permute(2, 0, 1)
     return out.float().div_(255.0) if img.dtype == np.uint8 else out.float()
 
 
-def resize_mask(mask: np.ndarray, size: int, mode: str = "antialias") -> torch.Tensor:
-    """bool/0-1 HxW -> float32 1xSxS in {0,1}: bilinear resize (antialiased, official), then ``>= 0.5``."""
-    m = resize_array(np.asarray(mask, dtype=np.float32), (size, size), mode)
+def resize_mask(mask: np.ndarray, size, mode: str = "antialias") -> torch.Tensor:
+    """bool/0-1 HxW -> float32 1xHxW in {0,1} at ``size`` (S or (H, W)): bilinear resize
+    (antialiased, official), then ``>= 0.5``."""
+    m = resize_array(np.asarray(mask, dtype=np.float32), _hw_of(size), mode)
     return torch.from_numpy((m >= 0.5).astype(np.float32))[None]
 
 
@@ -446,16 +478,65 @@ def _check_size(image_size: int) -> int:
     return int(image_size)
 
 
-class TrainImages(torch.utils.data.Dataset):
-    """Normal training images, resized, without augmentation (apply
+class _Sized:
+    """Shared by the train and test datasets: the size each image is resized to (:func:`model_hw`)."""
+
+    samples: list
+    image_size: int
+    aspect: str = "square"
+    max_aspect: float = 4.0
+
+    def model_size(self, i) -> tuple[int, int]:
+        """(H, W) of item ``i`` as the networks see it (read from the file's header if needed)."""
+        if self.aspect == "square":
+            return self.image_size, self.image_size
+        i = int(i)
+        if i not in self._model_sizes:
+            self._model_sizes[i] = model_hw(self.native_size(i), self.image_size, self.aspect, self.max_aspect)
+        return self._model_sizes[i]
+
+    def native_size(self, i) -> tuple[int, int]:
+        """(H, W) of the image file, read from its header."""
+        i = int(i)
+        if i not in self._sizes:
+            self._sizes[i] = _image_hw(self.samples[i].path)
+        return tuple(self._sizes[i])
+
+    def size_groups(self) -> dict[tuple[int, int], list[int]]:
+        """Item indices grouped by :meth:`model_size` (one group for square inputs), in index order."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in range(len(self.samples)):
+            groups.setdefault(self.model_size(i), []).append(i)
+        return groups
+
+    def _init_sizes(self, aspect: str, max_aspect: float) -> None:
+        if aspect not in ASPECTS:
+            raise DataError(f"aspect={aspect!r}: use one of {ASPECTS}.")
+        if not max_aspect >= 1:
+            raise DataError(f"max_aspect={max_aspect!r}: must be >= 1.")
+        self.aspect, self.max_aspect = aspect, float(max_aspect)
+        self._sizes: dict[int, tuple[int, int]] = {}
+        self._model_sizes: dict[int, tuple[int, int]] = {}
+
+
+class TrainImages(_Sized, torch.utils.data.Dataset):
+    """Normal training images, resized (:func:`model_hw`), without augmentation (apply
     :func:`rotate_augment` and anomaly synthesis on top). ``cache=True`` keeps the
     resized uint8 images in memory after the first read (per DataLoader worker)."""
 
-    def __init__(self, samples: list[Sample], image_size: int, cache: bool = True, resize: str = "antialias"):
+    def __init__(self, samples: list[Sample], image_size: int, cache: bool = True, resize: str = "antialias",
+                 aspect: str = "square", max_aspect: float = 4.0):
         if not samples:
             raise DataError("TrainImages got no samples; check the dataset's train folder.")
         self.samples, self.image_size, self.resize = list(samples), _check_size(image_size), resize
+        self._init_sizes(aspect, max_aspect)
         self._cache: dict[int, torch.Tensor] | None = {} if cache else None
+
+    @classmethod
+    def for_config(cls, samples: list[Sample], cfg, cache: bool | None = None) -> "TrainImages":
+        """The training images as a config (:class:`~destseg_lib.config.DeSTSegConfig`) sizes them."""
+        return cls(samples, cfg.image_size, cfg.cache_images if cache is None else cache, cfg.resize,
+                   cfg.aspect, cfg.max_aspect)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -463,24 +544,33 @@ class TrainImages(torch.utils.data.Dataset):
     def __getitem__(self, i) -> torch.Tensor:
         u8 = self._cache.get(i) if self._cache is not None else None
         if u8 is None:
+            img = read_image(self.samples[i].path)
+            self._sizes[int(i)] = img.shape[:2]
             u8 = torch.from_numpy(np.ascontiguousarray(
-                _resize_u8(read_image(self.samples[i].path), self.image_size, self.resize))).permute(2, 0, 1)
+                _resize_u8(img, self.model_size(i), self.resize))).permute(2, 0, 1)
             if self._cache is not None:
                 self._cache[i] = u8
         return u8.float().div_(255.0)
 
 
-class TestImages(torch.utils.data.Dataset):
-    """Test images with resized masks (zeros for normal samples) and native-size access
-    for full-resolution evaluation. A mask whose size differs from its image's raises
-    :class:`DataError` when the item is read."""
+class TestImages(_Sized, torch.utils.data.Dataset):
+    """Test images with masks resized like them (:func:`model_hw`; zeros for normal samples) and
+    native-size access for full-resolution evaluation. A mask whose size differs from its image's
+    raises :class:`DataError` when the item is read.  With ``aspect="keep"`` items differ in size:
+    batch them by :meth:`size_groups` (``infer.predict_dataset`` does)."""
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, samples: list[Sample], image_size: int, cache: bool = False, resize: str = "antialias"):
+    def __init__(self, samples: list[Sample], image_size: int, cache: bool = False, resize: str = "antialias",
+                 aspect: str = "square", max_aspect: float = 4.0):
         self.samples, self.image_size, self.resize = list(samples), _check_size(image_size), resize
+        self._init_sizes(aspect, max_aspect)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
-        self._sizes: dict[int, tuple[int, int]] = {}
+
+    @classmethod
+    def for_config(cls, samples: list[Sample], cfg, cache: bool = False) -> "TestImages":
+        """The test images as a config (:class:`~destseg_lib.config.DeSTSegConfig`) sizes them."""
+        return cls(samples, cfg.image_size, cache, cfg.resize, cfg.aspect, cfg.max_aspect)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -489,13 +579,12 @@ class TestImages(torch.utils.data.Dataset):
         s = self.samples[i]
         img = read_image(s.path)
         self._sizes[i] = img.shape[:2]
-        u8 = torch.from_numpy(np.ascontiguousarray(
-            _resize_u8(img, self.image_size, self.resize))).permute(2, 0, 1)
+        hw = self.model_size(i)
+        u8 = torch.from_numpy(np.ascontiguousarray(_resize_u8(img, hw, self.resize))).permute(2, 0, 1)
         if s.mask_path is None:
-            mask = torch.zeros(1, self.image_size, self.image_size)
+            mask = torch.zeros(1, *hw)
         else:
-            mask = resize_mask(read_mask(s.mask_path, img.shape[:2], image_path=s.path),
-                               self.image_size, self.resize)
+            mask = resize_mask(read_mask(s.mask_path, img.shape[:2], image_path=s.path), hw, self.resize)
         return u8, mask
 
     def __getitem__(self, i) -> dict:
@@ -508,13 +597,6 @@ class TestImages(torch.utils.data.Dataset):
         s = self.samples[i]
         return {"image": item[0].float().div_(255.0), "mask": item[1].clone(),
                 "label": int(s.label), "defect_type": s.defect_type, "path": s.path, "index": i}
-
-    def native_size(self, i) -> tuple[int, int]:
-        """(H, W) of the image file, read from its header."""
-        i = int(i)
-        if i not in self._sizes:
-            self._sizes[i] = _image_hw(self.samples[i].path)
-        return tuple(self._sizes[i])
 
     def native_mask(self, i) -> np.ndarray:
         """bool HxW mask at the image's native resolution (zeros for normal samples)."""

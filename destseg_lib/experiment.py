@@ -199,10 +199,10 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     val_samples, test_samples = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
     thresholds = {}
     if val_samples:  # thresholds chosen on the held-out part, metrics reported on the rest
-        val_preds = predict_dataset(model, TestImages(val_samples, cfg.image_size, resize=cfg.resize),
+        val_preds = predict_dataset(model, TestImages.for_config(val_samples, cfg),
                                     device=device, top_t=cfg.top_t, progress=progress)
         thresholds = validated_thresholds(val_preds, cfg, split.name)
-    test_set = TestImages(test_samples, cfg.image_size, resize=cfg.resize)
+    test_set = TestImages.for_config(test_samples, cfg)
     preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t, progress=progress)
     results = evaluate_predictions(preds)
     breakdown = per_defect(preds) if preds.labels.any() and not preds.labels.all() else []

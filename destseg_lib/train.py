@@ -40,11 +40,21 @@ def config_differences(saved: dict, cfg: DeSTSegConfig, evaluation: bool = False
     (engineering fields and evaluation-only fields excepted), or with ``evaluation=True`` those that
     change the training or the evaluation (for reusing a run's metrics)."""
     free = _ENGINEERING if evaluation else _RESUME_FREE
+    try:  # fields added since the run was saved take the values it was trained with (from_dict)
+        saved = DeSTSegConfig.from_dict(saved).to_dict()
+    except Exception:  # a saved config this kit cannot read: compare it as it is
+        pass
     return sorted(k for k, v in cfg.to_dict().items() if saved.get(k) != v and k not in free)
 
 
 class SyntheticBatches(torch.utils.data.Dataset):
-    """Item ``s`` is the whole batch of training step ``s``: (clean, anomalous, mask), each B x C x S x S."""
+    """Item ``s`` is the whole batch of training step ``s``: (clean, anomalous, mask), each B x C x H x W.
+
+    Square inputs: the batch is B consecutive images of per-epoch seeded permutations.  Images of
+    several sizes (``aspect="keep"``): the first image comes from the permutation as before and the
+    other B - 1 are drawn (seeded, without replacement while the group is large enough) from the
+    images of its size, so a batch stacks; every image is still drawn B/n times per step on average.
+    """
 
     def __init__(self, images: TrainImages, synthesizer: AnomalySynthesizer, batch_size: int, seed: int,
                  rotation: str = "none", rotation_fill: str = "grey"):
@@ -52,18 +62,32 @@ class SyntheticBatches(torch.utils.data.Dataset):
             raise ValueError("no training images: the train split is empty")
         self.images, self.synth, self.batch_size = images, synthesizer, batch_size
         self.seed, self.rotation, self.rotation_fill = seed, rotation, rotation_fill
+        groups = images.size_groups() if hasattr(images, "size_groups") else {None: list(range(len(images)))}
+        self._groups = list(groups.values()) if len(groups) > 1 else None
+        self._group_of = {i: g for g in (self._groups or []) for i in g}
+        if self._groups is not None and rotation == "quarter":
+            raise ValueError("rotation='quarter' turns non-square images on their side: use aspect='square' "
+                             "for this category (or a dataset rotation policy of 'small' / 'none')")
 
     def __len__(self) -> int:  # any step index is valid; the sampler decides which are drawn
         return 2 ** 31 - 1
 
+    def _permuted(self, pos: int) -> int:
+        n = len(self.images)
+        perm = np.random.default_rng([self.seed, 1, pos // n]).permutation(n)
+        return int(perm[pos % n])
+
     def indices(self, step: int) -> list[int]:
-        """Images of step ``step``: consecutive slices of per-epoch seeded permutations."""
-        n, out = len(self.images), []
-        for j in range(self.batch_size):
-            pos = step * self.batch_size + j
-            perm = np.random.default_rng([self.seed, 1, pos // n]).permutation(n)
-            out.append(int(perm[pos % n]))
-        return out
+        """Images of step ``step`` (see the class docstring)."""
+        if self._groups is None:
+            return [self._permuted(step * self.batch_size + j) for j in range(self.batch_size)]
+        first = self._permuted(step * self.batch_size)
+        group = [i for i in self._group_of[first] if i != first]
+        if not group:
+            return [first] * self.batch_size
+        rng = np.random.default_rng([self.seed, 4, step])
+        rest = rng.choice(group, size=self.batch_size - 1, replace=len(group) < self.batch_size - 1)
+        return [first] + [int(i) for i in rest]
 
     def __getitem__(self, step: int):
         clean, aug, masks = [], [], []
@@ -228,7 +252,7 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     grayscale = _grayscale(cfg, split)
     textures = make_texture_source(cfg.texture_dir, augment=cfg.texture_augment, resize=cfg.resize)
     synth = AnomalySynthesizer.from_config(cfg, textures, grayscale)
-    images = TrainImages(split.train, cfg.image_size, cache=cfg.cache_images, resize=cfg.resize)
+    images = TrainImages.for_config(split.train, cfg)
     batches = SyntheticBatches(images, synth, cfg.batch_size, cfg.seed, split.rotation, cfg.rotation_fill)
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
     loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, end),

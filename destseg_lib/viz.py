@@ -20,6 +20,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from .thresholds import flat_pixels
+
 ANOMALY_CMAP = "inferno"  # every anomaly map, distance map and overlay heat of the kit
 PROB_RANGE = (0.0, 1.0)
 METHOD_COLOURS = {"DeSTSeg": "tab:blue", "DeST": "tab:orange", "DeST only": "tab:orange"}
@@ -47,7 +49,7 @@ def map_range(preds) -> tuple[float, float, str]:
     else (0, max, "DeST map") for a DeST-only model (``preds.has_segmentation`` False)."""
     if getattr(preds, "has_segmentation", True):
         return 0.0, 1.0, "anomaly probability"
-    return 0.0, max(float(np.max(preds.maps)), 1e-8), "DeST map"
+    return 0.0, max(max(float(np.max(m)) for m in preds.maps), 1e-8), "DeST map"
 
 
 def colorbar(fig, image, ax, label: str | None = None, inset: str | None = None):
@@ -111,19 +113,20 @@ def plot_curves(preds, path=None, fpr_limit: float = 0.3):
     if getattr(preds, "has_segmentation", True):
         runs.insert(0, ("DeSTSeg", preds.maps, preds.scores))
     both_labels = 0 < preds.labels.sum() < len(preds.labels)
+    flat_masks = flat_pixels(preds.masks, bool)  # maps of several sizes (aspect="keep") too
     for name, maps, scores in runs:
         c = METHOD_COLOURS[name]
         if both_labels:
             fpr, tpr, _ = roc_curve(preds.labels, scores)
             axes[0].plot(fpr, tpr, c=c, label=name)
-        if preds.masks.any():
-            p, r, _ = precision_recall_curve(preds.masks.ravel(), maps.ravel())
+        if flat_masks.any():
+            p, r, _ = precision_recall_curve(flat_masks, flat_pixels(maps))
             axes[1].plot(r, p, c=c, label=name)
             f, pro = pro_curve(maps, preds.masks, fpr_limit)
             axes[2].plot(f, pro, c=c, label=name)
     axes[0].plot([0, 1], [0, 1], ls="--", c="0.6", lw=1, label="chance")
-    if preds.masks.any():
-        axes[1].axhline(float(preds.masks.mean()), ls="--", c="0.6", lw=1)
+    if flat_masks.any():
+        axes[1].axhline(float(flat_masks.mean()), ls="--", c="0.6", lw=1)
     axes[0].set(title="image ROC (Table 1: AUROC)", xlabel="false positive rate", ylabel="true positive rate")
     axes[1].set(title="pixel precision-recall (Table 2: AP)", xlabel="recall", ylabel="precision")
     axes[2].set(title=f"PRO up to FPR {fpr_limit} (AUPRO)", xlabel="pixel false positive rate", ylabel="PRO")

