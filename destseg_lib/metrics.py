@@ -134,6 +134,16 @@ def _maps_masks(maps, masks, allow_empty: bool = False) -> Tuple[np.ndarray, np.
     return m, k
 
 
+def flat_pixels(arrays, dtype=None) -> np.ndarray:
+    """Every pixel of an N x H x W stack, or of a list of H_i x W_i arrays of several sizes, in one
+    1-D array (image by image)."""
+    if isinstance(arrays, np.ndarray):
+        return arrays.reshape(-1) if dtype is None else arrays.reshape(-1).astype(dtype, copy=False)
+    if len(arrays) == 0:
+        return np.zeros(0, dtype or np.float32)
+    return np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays])
+
+
 def _is_ragged(maps) -> bool:
     """True for a list/tuple of 2-D maps that do not all share one shape (``aspect="keep"``)."""
     if not isinstance(maps, (list, tuple)) or not maps:

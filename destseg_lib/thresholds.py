@@ -26,6 +26,8 @@ import math
 import cv2
 import numpy as np
 
+from .metrics import flat_pixels
+
 RULES = ("best_f1", "instance_recall")
 METHODS = ("DeSTSeg", "DeST")
 
@@ -66,16 +68,6 @@ def validation_split(samples: list, fraction: float, seed: int = 0) -> tuple[lis
     val = [s for s in samples if s.path in chosen]
     test = [s for s in samples if s.path not in chosen]
     return val, test
-
-
-def flat_pixels(arrays, dtype=None) -> np.ndarray:
-    """Every pixel of an N x H x W stack, or of a list of H_i x W_i arrays of several sizes, in one
-    1-D array (image by image)."""
-    if isinstance(arrays, np.ndarray):
-        return arrays.reshape(-1) if dtype is None else arrays.reshape(-1).astype(dtype, copy=False)
-    if len(arrays) == 0:
-        return np.zeros(0, dtype or np.float32)
-    return np.concatenate([np.asarray(a, dtype).reshape(-1) for a in arrays])
 
 
 # ----------------------------------------------------------------------------- instance detection

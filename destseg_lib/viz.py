@@ -20,8 +20,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .thresholds import flat_pixels
-
 ANOMALY_CMAP = "inferno"  # every anomaly map, distance map and overlay heat of the kit
 PROB_RANGE = (0.0, 1.0)
 METHOD_COLOURS = {"DeSTSeg": "tab:blue", "DeST": "tab:orange", "DeST only": "tab:orange"}
@@ -106,7 +104,7 @@ def plot_curves(preds, path=None, fpr_limit: float = 0.3):
     chance levels dashed (ROC diagonal; PR: the fraction of defective pixels)."""
     from sklearn.metrics import precision_recall_curve, roc_curve
 
-    from .metrics import pro_curve
+    from .metrics import flat_pixels, pro_curve
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     runs = [("DeST only", preds.de_st_maps, preds.de_st_scores)]

@@ -22,9 +22,9 @@ import math
 import cv2
 import numpy as np
 
+from .metrics import flat_pixels
 from .thresholds import METHODS  # noqa: F401  (re-exported: the methods the explorers show)
-from .thresholds import (best_f1_threshold, flat_pixels, method_outputs, recall_threshold,
-                         region_detection_thresholds)
+from .thresholds import best_f1_threshold, method_outputs, recall_threshold, region_detection_thresholds
 
 
 # ============================================================================ numbers

@@ -12,7 +12,8 @@ from destseg_lib import metrics
 from destseg_lib.config import get_preset
 from destseg_lib.data import TestImages, TrainImages, model_hw, mvtec_split
 from destseg_lib.errors import ConfigError, DataError
-from destseg_lib.thresholds import choose_thresholds, decision_stats, flat_pixels
+from destseg_lib.metrics import flat_pixels
+from destseg_lib.thresholds import choose_thresholds, decision_stats
 
 
 def test_model_hw():
