@@ -32,6 +32,7 @@ from destseg_lib.config import get_preset
 from destseg_lib.data import TestImages
 from destseg_lib.experiment import evaluate_predictions, load_or_train, open_split
 from destseg_lib.infer import predict_dataset, top_t_score
+from destseg_lib.metrics import image_auroc
 from destseg_lib.thresholds import validation_split
 from destseg_lib.train import config_differences
 
@@ -82,8 +83,6 @@ def measure(cfg, split, out: Path, progress: bool = False) -> dict:
         preds = predict_dataset(model, TestImages.for_config(samples, cfg), top_t=cfg.top_t, progress=progress)
         d[name] = evaluate_predictions(preds)
         if name == "validation":
-            from destseg_lib.metrics import image_auroc
-
             d["score_variants"] = {
                 label: image_auroc(_scores(preds.maps, t), preds.labels) for label, t in SCORE_VARIANTS.items()}
     d["eval_seconds"] = round(time.perf_counter() - t1, 1)

@@ -62,6 +62,10 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
         dims.update({2: 16 * torch.export.Dim("height16", min=2, max=1024),
                      3: 16 * torch.export.Dim("width16", min=2, max=1024)})
         example = torch.rand(2, 3, image_size, image_size + 32)
+    # the same for the TorchScript exporter: maps are B x H x W, scores B
+    legacy_axes = {"images": {0: "batch", **({2: "height", 3: "width"} if any_size else {})},
+                   **{n: {0: "batch", **({1: "height", 2: "width"} if any_size and n.endswith("_map") else {})}
+                      for n in OUTPUT_NAMES}}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -74,10 +78,7 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
                 program.save(str(tmp))
             except ImportError:
                 torch.onnx.export(graph, (example,), str(tmp), dynamo=False, opset_version=opset,
-                                  dynamic_axes=({"images": {0: "batch", 2: "height", 3: "width"},
-                                                 **{n: {0: "batch", 1: "height", 2: "width"} for n in OUTPUT_NAMES[::2]},
-                                                 **{n: {0: "batch"} for n in OUTPUT_NAMES[1::2]}} if any_size else
-                                                {"images": {0: "batch"}, **{n: {0: "batch"} for n in OUTPUT_NAMES}}),
+                                  dynamic_axes=legacy_axes,
                                   **names)
         proto = onnx.load(str(tmp))
         for key, value in (metadata or {}).items():

@@ -194,7 +194,8 @@ def torch_scorer(model, top_t: int, channels_last: bool = True):
 
 
 def predict_files(inputs, scorer, image_size: int, out_dir, *, resize: str = "antialias",
-                  aspect: str = "square", max_aspect: float = 4.0, image_threshold: float | None = None, pixel_threshold: float | None = None,
+                  aspect: str = "square", max_aspect: float = 4.0,
+                  image_threshold: float | None = None, pixel_threshold: float | None = None,
                   threshold_source: str = "", batch_size: int = 8, overwrite: bool = False,
                   map_vmax: float = 1.0, progress: bool = True, warn=None) -> PredictionReport:
     """Score ``inputs`` (files, folders, globs) with ``scorer`` (see :func:`torch_scorer`) and
