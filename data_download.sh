@@ -296,7 +296,8 @@ fi
 command -v curl >/dev/null || die "curl is required; install it (e.g. apt-get install curl)."
 [[ -n "$PYTHON" ]] || die "python3 is required to check and extract archives; install it or set DESTSEG_PYTHON."
 TARGET="${target:-${DESTSEG_DATA:-./data}}"
-mkdir -p "$TARGET"
+why=$(mkdir -p "$TARGET" 2>&1) || die "cannot create the target folder $TARGET (${why##*: }): pass a folder where you may write, e.g. bash data_download.sh ${datasets[0]} ~/data"
+[[ -w "$TARGET" ]] || die "the target folder $TARGET is not writable: pass a folder where you may write, e.g. bash data_download.sh ${datasets[0]} ~/data"
 TARGET=$(cd "$TARGET" && pwd)
 
 declare -A seen=()

@@ -18,7 +18,6 @@ import time
 
 
 def measure(preset: str, teacher: str, steps: int, device: str, seg_width: int | None) -> dict:
-    import numpy as np
     import torch
 
     from destseg_lib import get_preset, make_texture_source

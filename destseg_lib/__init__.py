@@ -11,6 +11,7 @@ One module per section of the paper::
     losses      cosine (Eq. 3-4), focal + L1 (Eq. 5-7)
     train       two-stage training, checkpoints, resume (Sec. 3.4)
     infer       anomaly maps and top-T image scores (Sec. 3.4)
+    baseline    a training-free nearest-neighbour yardstick on the teacher's patches (PatchCore's idea)
     metrics     exact image/pixel AUROC, AP, AUPRO, IAP, IAP@90 (Sec. 4.2)
     experiment  train-or-load -> predict -> evaluate -> figures
     thresholds  decision thresholds chosen on a validation split (best F1 / instance recall)
@@ -32,6 +33,7 @@ import sys
 import types
 
 _EXPORTS = {
+    "baseline": ("NearestNeighbourBaseline",),
     "checkpoint": ("load_model",),
     "config": ("PRESETS", "DeSTSegConfig", "get_preset"),
     "data": ("DataError", "DatasetSplit", "Sample", "TestImages", "TrainImages", "folder_split", "mtd_split",

@@ -13,11 +13,11 @@ refused with a :class:`~destseg_lib.errors.CheckpointError`.
 from __future__ import annotations
 
 import collections
+import hashlib
 import os
 import pickle
 import platform
 import re
-import secrets
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +25,14 @@ import torch
 
 from .config import DeSTSegConfig
 from .errors import CheckpointError
+from .files import atomic_write, atomic_write_text  # noqa: F401  (the kit's one atomic writer)
 from .models import DeSTSeg
 
-FORMAT = "destseg-kit/1"
+# The checkpoint format: "destseg-kit/2" adds ``finished`` (a final model, or a training checkpoint
+# that resumes), ``fingerprint`` (of the weights, also stored in exported ONNX files) and
+# ``dataset``.  Files of format 1 still load: their ``finished`` is derived from ``step``.
+FORMAT = "destseg-kit/2"
+READABLE_FORMATS = ("destseg-kit/1", FORMAT)
 
 
 def versions() -> dict:
@@ -41,40 +46,6 @@ def versions() -> dict:
 # mkstemp names of earlier versions), for the files a run writes.
 _TEMP_RE = re.compile(r"^(?:.+\.pt|metrics\.json|config\.json|per_defect\.csv|per_image\.csv|train_log\.csv)"
                       r"(?:\.[A-Za-z0-9_]{6,24})?\.tmp$")
-
-
-def _open_temp(path: Path):
-    """A new temporary file next to ``path`` (mode 0o666 minus the umask, like any new file)."""
-    for _ in range(100):
-        tmp = path.with_name(f"{path.name}.{secrets.token_hex(6)}.tmp")
-        try:
-            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"cannot create a temporary file next to {path}")
-
-
-def atomic_write(path, write) -> Path:
-    """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync, then rename it over
-    ``path``: readers see the old file or the new one, never half of one.  On any error (or
-    interruption) the temporary file is removed and ``path`` is left as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp, fd = _open_temp(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path, text: str) -> Path:
-    return atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def storable(obj, where: str = "checkpoint"):
@@ -137,13 +108,38 @@ def remove_stale_temporaries(out_dir) -> list[Path]:
     return removed
 
 
-def make_checkpoint(model: DeSTSeg, cfg: DeSTSegConfig, **extra) -> dict:
+def weights_fingerprint(state_dict: dict) -> str:
+    """16 hex digits of SHA-256 over a state dict's sorted keys and each tensor's dtype, shape and
+    bytes: the same weights give the same fingerprint on any machine; exported ONNX files carry the
+    checkpoint's, so ``predict --onnx`` can check that both hold one model."""
+    h = hashlib.sha256()
+    for key in sorted(state_dict):
+        t = state_dict[key]
+        h.update(key.encode("utf-8"))
+        if isinstance(t, torch.Tensor):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        else:
+            h.update(repr(t).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def make_checkpoint(model: DeSTSeg, cfg: DeSTSegConfig, *, finished: bool, dataset: str | None = None,
+                    **extra) -> dict:
+    """The checkpoint dict of ``model``: ``finished`` True for a trained model (``model.pt``), False
+    for a training checkpoint that a run resumes from (``checkpoints/last.pt``); ``dataset``: the
+    name of the split it was trained on (``mvtec/bottle``)."""
+    weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {
         "format": FORMAT,
         "config": cfg.to_dict(),
         "versions": versions(),
         "normalisation": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": weights,
+        "fingerprint": weights_fingerprint(weights),
+        "finished": bool(finished),
+        "dataset": dataset,
         "thresholds": {},
     }
     ckpt.update(extra)
@@ -178,9 +174,22 @@ def read_checkpoint(path) -> dict:
     except Exception as e:  # truncated / not a torch file
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(e).__name__}: {_first_line(e)}); "
                               "it is damaged or not a destseg checkpoint: retrain or restore it") from e
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a destseg-kit checkpoint (format {FORMAT!r} expected)")
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READABLE_FORMATS:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise CheckpointError(f"{path} is not a destseg-kit checkpoint (format {found!r}; this kit reads "
+                              f"{', '.join(READABLE_FORMATS)}): pass a model.pt written by destseg train")
+    if "finished" not in ckpt:  # format 1: a file is a final model when it holds every step
+        try:
+            total = DeSTSegConfig.from_dict(ckpt["config"]).total_steps
+        except Exception:
+            total = None
+        ckpt["finished"] = total is not None and ckpt.get("step", total) >= total and "optim_student" not in ckpt
     return ckpt
+
+
+def is_finished(ckpt: dict) -> bool:
+    """True for a trained model, False for a training checkpoint of an unfinished run."""
+    return bool(ckpt.get("finished"))
 
 
 def _first_line(e: BaseException) -> str:
@@ -188,13 +197,58 @@ def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
     pick = [ln for ln in lines if "Unsupported" in ln] or [
         ln for ln in lines if not ln.startswith(("Weights only load failed", "Please file", "Check the doc"))]
-    return ((pick or lines or [type(e).__name__])[0])[:200]
+    line = (pick or lines or [type(e).__name__])[0]
+    return line if len(line) <= 300 else line[:297] + "..."
 
 
-def load_model(path, device="cpu") -> tuple[DeSTSeg, dict]:
-    """Load a checkpoint: the model (eval mode, on ``device``) and the checkpoint dict (config, thresholds...)."""
+def load_model(path, device="cpu", *, allow_unfinished: bool = False) -> tuple[DeSTSeg, dict]:
+    """Load a checkpoint: the model (eval mode, on ``device``) and the checkpoint dict (config,
+    thresholds...).  Refused with a one-line :class:`CheckpointError`: a training checkpoint of an
+    unfinished run (``checkpoints/last.pt``: its segmentation net is not trained) unless
+    ``allow_unfinished``; weights that are not finite (a diverged or damaged model); weights that do
+    not fit the checkpoint's own config (an edited ``seg_width`` or teacher)."""
     ckpt = read_checkpoint(path)
-    cfg = DeSTSegConfig.from_dict(ckpt["config"])
+    missing = [k for k in ("config", "model") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} has no {' and no '.join(repr(m) for m in missing)} entry: "
+                              "it is damaged or was edited; retrain or restore it")
+    if not allow_unfinished and not is_finished(ckpt):
+        step = ckpt.get("step")
+        raise CheckpointError(
+            f"{path} is the checkpoint of an unfinished training run (step {step}): its networks are not "
+            "fully trained, so its scores mean little; finish the run (run the same destseg train / run "
+            "command again), use its model.pt, or pass --allow-unfinished to use it anyway")
+    try:
+        cfg = DeSTSegConfig.from_dict(ckpt["config"])
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path}: its config is not valid ({_first_line(e)}); the file was "
+                              "edited or damaged: retrain or restore it") from None
+    bad = [k for k, v in ckpt["model"].items()
+           if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"checkpoint {path}: {len(bad)} weight tensor(s) hold NaN or infinite values "
+                              f"(first: {bad[0]}): the training diverged or the file is damaged; retrain")
     model = DeSTSeg.from_config(cfg, teacher_weights="checkpoint")
+    mismatch = weights_mismatch(model.state_dict(), ckpt["model"])
+    if mismatch:
+        raise CheckpointError(f"checkpoint {path}: its weights do not fit its config ({mismatch}); the config "
+                              "or the weights were edited, or the file is damaged: retrain or restore it")
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+def weights_mismatch(expected: dict, found: dict) -> str:
+    """'' when ``found`` has exactly ``expected``'s keys and shapes, else a short description."""
+    missing = [k for k in expected if k not in found]
+    unexpected = [k for k in found if k not in expected]
+    shapes = [k for k in expected if k in found and tuple(expected[k].shape) != tuple(getattr(found[k], "shape", ()))]
+    parts = []
+    if shapes:
+        k = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of another shape, e.g. {k}: {tuple(found[k].shape)} in the file, "
+                     f"{tuple(expected[k].shape)} for the config")
+    if missing:
+        parts.append(f"{len(missing)} missing, e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected, e.g. {unexpected[0]}")
+    return "; ".join(parts)

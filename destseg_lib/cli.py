@@ -14,7 +14,6 @@ training run) end in one line ``destseg: error: ...`` and exit code 2; ``--debug
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -129,66 +128,94 @@ def cmd_evaluate(args) -> int:
     from .data import TestImages, validate_split
     from .experiment import evaluate_predictions, format_table, open_split, write_json
     from .infer import predict_dataset
-    from .thresholds import validation_split
+    from .thresholds import validation_of, validation_split
 
     device = _device(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
+    model, ckpt = load_model(args.checkpoint, device, allow_unfinished=args.allow_unfinished)
+    if args.allow_unfinished and not ckpt.get("finished"):
+        print(f"destseg: warning: {args.checkpoint} is an UNFINISHED training checkpoint (step {ckpt.get('step')}): "
+              "these numbers are not those of a trained model", file=sys.stderr)
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
     split = open_split(args.dataset, args.data_root, args.category)
     validate_split(split, require_test=True, check_train=False)  # every test image and mask, up front
-    val, test = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
+    val_fraction, val_seed = validation_of(ckpt, cfg)
+    val, test = validation_split(split.test, val_fraction, val_seed)
     if val:  # the images its thresholds were chosen on are not evaluated
         print(f"evaluating {len(test)} of {len(split.test)} test images: the other {len(val)} are the "
-              f"validation split of this model (val_fraction={cfg.val_fraction}, val_seed={cfg.val_seed})")
-    preds = predict_dataset(model, TestImages.for_config(test, cfg), device=device, top_t=cfg.top_t)
+              f"validation split its thresholds were chosen on (val_fraction={val_fraction}, val_seed={val_seed})")
+    test_set = TestImages.for_config(test, cfg)
+    preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t)
+    if cfg.baseline:  # the training-free yardstick, from the checkpoint's own teacher (baseline.py)
+        from .baseline import add_baseline
+
+        preds, _ = add_baseline(preds, model, cfg, split.train, test_set)
     results = evaluate_predictions(preds)
     print(format_table(results))
+    es = cfg.resolved_eval_size
+    where = f"{es} x {es}" if isinstance(es, int) else "each image's native size"
+    print(f"(percent; pixel metrics at {where})")
     if args.json:
-        write_json(args.json, results)
+        write_json(args.json, {name: {**res, "eval_size": cfg.resolved_eval_size} for name, res in results.items()})
     return 0
 
 
 def cmd_predict(args) -> int:
-    from .checkpoint import load_model
+    from .checkpoint import load_model, weights_fingerprint
     from .config import DeSTSegConfig
-    from .predict import predict_files, stored_thresholds, torch_scorer
+    from .predict import check_threshold, predict_files, stored_thresholds, torch_scorer
 
+    cli_image = check_threshold(args.threshold, "--threshold")  # nan / inf: one line, before any work
+    cli_pixel = check_threshold(args.pixel_threshold, "--pixel-threshold")
     device = _device(args.device)
-    model, ckpt = load_model(args.checkpoint, device)
+    model, ckpt = load_model(args.checkpoint, device, allow_unfinished=args.allow_unfinished)
+    note = ""
+    if not ckpt.get("finished", True):
+        note = (f"UNFINISHED training checkpoint {args.checkpoint} (step {ckpt.get('step')}): "
+                "not the scores of a trained model")
+        print(f"destseg: warning: {args.checkpoint} is an UNFINISHED training checkpoint (step {ckpt.get('step')}): "
+              "its scores are not those of a trained model; every row of predictions.csv says so", file=sys.stderr)
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
     stored = stored_thresholds(ckpt)
-    image_t = args.threshold if args.threshold is not None else stored["image"]
-    pixel_t = args.pixel_threshold if args.pixel_threshold is not None else stored["pixel"]
+    image_t = cli_image if cli_image is not None else check_threshold(
+        stored["image"], f"the image threshold stored in {args.checkpoint}")
+    pixel_t = cli_pixel if cli_pixel is not None else check_threshold(
+        stored["pixel"], f"the pixel threshold stored in {args.checkpoint}")
     source = []
     if image_t is not None:
-        source.append("image: " + ("--threshold" if args.threshold is not None else stored["source"]))
+        source.append("image: " + ("--threshold" if cli_image is not None else stored["source"]))
     if pixel_t is not None:
-        source.append("pixel: " + ("--pixel-threshold" if args.pixel_threshold is not None else stored["source"]))
+        source.append("pixel: " + ("--pixel-threshold" if cli_pixel is not None else stored["source"]))
     if image_t is None or pixel_t is None:
         missing = " and ".join(n for n, t in (("image", image_t), ("pixel", pixel_t)) if t is None)
         print(f"destseg: note: no {missing} threshold: {args.checkpoint} stores none (it was trained without a "
               "validation split); scores and maps are written, decisions/masks need --threshold / "
               "--pixel-threshold, or train with --set val_fraction=0.3", file=sys.stderr)
+    fingerprint = weights_fingerprint(ckpt["model"])
     if args.onnx:
-        from .export import OnnxScorer
+        from .export import OnnxScorer, check_same_model
 
         scorer = OnnxScorer(args.onnx)
+        check_same_model(args.onnx, scorer.metadata, args.checkpoint, fingerprint)
     else:
         scorer = torch_scorer(model, cfg.top_t)
     report = predict_files(args.inputs, scorer, cfg.image_size, args.out, resize=cfg.resize,
                            aspect=cfg.aspect, max_aspect=cfg.max_aspect,
                            image_threshold=image_t, pixel_threshold=pixel_t, threshold_source="; ".join(source),
-                           batch_size=args.batch_size, overwrite=args.overwrite)
+                           batch_size=args.batch_size, overwrite=args.overwrite, resume=args.resume,
+                           model_id=fingerprint, note=note)
     flagged = sum(r.get("decision") == "anomalous" for r in report.rows)
     decided = f", {flagged} anomalous at threshold {image_t:.4f} ({source[0]})" if image_t is not None else ""
-    print(f"scored {report.n_scored} image(s){decided}; {len(report.failed)} input(s) failed -> {report.csv_path}")
+    kept = f" ({report.resumed} kept from the earlier run)" if report.resumed else ""
+    unfinished = " [UNFINISHED checkpoint]" if note else ""
+    print(f"scored {report.n_scored} image(s){kept}{decided}; {len(report.failed)} input(s) failed -> "
+          f"{report.csv_path}{unfinished}")
     return 1 if report.failed else 0
 
 
 def cmd_export(args) -> int:
     from .export import export_checkpoint
 
-    path = export_checkpoint(args.checkpoint, args.out)
+    path = export_checkpoint(args.checkpoint, args.out, overwrite=args.overwrite)
     print(f"exported {args.checkpoint} -> {path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -219,10 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--json", default=None, help="also write the metrics here")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="accept the checkpoint of an unfinished training run (checkpoints/last.pt)")
     p = sub.add_parser("predict", help="anomaly maps and scores for your own images")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", default="predictions", help="output folder (refused if not empty, see --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="write into an existing, non-empty --out")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run into the same --out: images already done are kept")
+    p.add_argument("--allow-unfinished", action="store_true",
+                   help="accept the checkpoint of an unfinished training run (every output then says so)")
     p.add_argument("--threshold", type=float, default=None,
                    help="image-score threshold (default: the one stored in the checkpoint)")
     p.add_argument("--pixel-threshold", type=float, default=None,
@@ -234,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a checkpoint's inference graph to ONNX")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     from .reproduce import add_arguments as _reproduce_arguments
 
     p = sub.add_parser("reproduce", help="a batch: datasets/categories x seeds x variants -> the paper's tables",

@@ -21,7 +21,7 @@ import math
 import os
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -113,6 +113,23 @@ class DeSTSegConfig:
     focal_gamma: float = 4.0
     # --- inference (Sec. 3.4) -----------------------------------------------------------------
     top_t: int = 100
+    # --- evaluation (Sec. 4.2) ----------------------------------------------------------------
+    # the resolution of every pixel metric (pixel AUROC / AP, AUPRO, IAP, IAP@90): maps upsampled
+    # bilinearly to eval_size x eval_size, masks resized to it from the mask files (bilinear,
+    # antialiased, >= 0.5, as the official code, whatever `resize` says; TestImages.eval_mask).
+    # An integer >= 16 (the paper's: 256, whatever the input size), "native" = each image's own
+    # file size, "auto" = 256 for aspect="square" and "native" for aspect="keep" (a square grid
+    # would distort non-square parts; an integer with aspect="keep" is refused).  Image scores are
+    # not affected (top-T of the map at the networks' input size, infer.py).  Evaluation only.
+    eval_size: int | typing.Literal["auto", "native"] = "auto"
+    # training-free yardstick (baseline.py): nearest-neighbour distance of the frozen teacher's patch
+    # features (levels 2+3, PatchCore-style) to a memory bank of the training images' patches, scored
+    # by the same metrics ("NN-baseline" row).  baseline_bank_size patches drawn at random (seeded by
+    # seed) from all training patches; baseline_size = its input size (None: image_size; with
+    # aspect="keep" the short side)
+    baseline: bool = True
+    baseline_bank_size: int = 60000
+    baseline_size: int | None = None
     # --- decisions (not in the paper, which reports threshold-free metrics; see thresholds.py) ---
     # share of the test split held out as a validation split (stratified by defect type, seeded by
     # val_seed), on which the image / pixel thresholds are chosen and stored in model.pt; metrics are
@@ -125,7 +142,19 @@ class DeSTSegConfig:
     seed: int = 0
     num_workers: int = 0
     checkpoint_every: int = 500
-    amp: bool = False  # mixed precision on CUDA only; ignored on CPU
+    # numeric precision of training and inference (resolved per device by destseg_lib.precision):
+    # "off" = float32 everywhere (the official code trains in float32); "auto" = bf16 autocast on
+    # CUDA devices that support bf16 and on CPUs with native BF16 (avx512_bf16 / amx_bf16 flags),
+    # float32 elsewhere; "bf16" = bf16 autocast on any device (emulated, slow, on CPUs without
+    # native BF16); "cuda" = bf16 autocast on CUDA only (what amp=true meant before: old configs'
+    # true/false read as "cuda"/"off").  Master weights, optimisers and losses stay float32.
+    amp: typing.Literal["off", "auto", "bf16", "cuda"] = "off"
+    # synthetic batches made ahead of the training step in a background thread (0 = in the step,
+    # as before); the same batches in the same order either way.  Used with num_workers=0 (with
+    # workers the DataLoader prefetches itself).  Default 0: on 2 cores that the step already keeps
+    # busy the thread took data_wait to ~0 but did not shorten the run (quick, 20 steps: 22.7 s
+    # without, 23.8 s with, contended timings); it pays where a core is spare
+    prefetch: int = 0
     cache_images: bool = True
     preset: str = "paper"
 
@@ -152,9 +181,21 @@ class DeSTSegConfig:
             raise ConfigError(f"beta_max={self.beta_max}: must lie in [0, 1)")
         if self.perlin_min_scale_exp >= self.perlin_max_scale_exp:
             raise ConfigError("perlin_min_scale_exp must be < perlin_max_scale_exp")
+        if self.prefetch < 0:
+            raise ConfigError(f"prefetch={self.prefetch}: batches made ahead, >= 0 (0 = none)")
         for name in ("batch_size", "top_t", "checkpoint_every", "seg_width"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name}={getattr(self, name)}: must be >= 1")
+        if isinstance(self.eval_size, int) and self.eval_size < 16:
+            raise ConfigError(f"eval_size={self.eval_size}: an integer >= 16 (paper: 256), 'native' or 'auto'")
+        if isinstance(self.eval_size, int) and self.aspect == "keep":
+            raise ConfigError(f"eval_size={self.eval_size} with aspect='keep': non-square parts are evaluated "
+                              "at each image's own size: use eval_size=native (or auto)")
+        if self.baseline_size is not None and (self.baseline_size % 16 or self.baseline_size < 32):
+            raise ConfigError(f"baseline_size={self.baseline_size}: a multiple of 16, at least 32 (or none "
+                              "for image_size)")
+        if self.baseline_bank_size < 1:
+            raise ConfigError(f"baseline_bank_size={self.baseline_bank_size}: patches in the memory bank, >= 1")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction={self.val_fraction}: a fraction in [0, 1) of the test split")
         if not 0 < self.target_recall <= 1:
@@ -162,6 +203,14 @@ class DeSTSegConfig:
         if self.student_steps < 0 or self.seg_steps < 0:
             raise ConfigError("student_steps and seg_steps must be >= 0")
         return self
+
+    @property
+    def resolved_eval_size(self) -> int | str:
+        """``eval_size`` with "auto" resolved: 256 (the paper's, Sec. 4.2) for square inputs, "native"
+        for aspect="keep"."""
+        if self.eval_size == "auto":
+            return "native" if self.aspect == "keep" else 256
+        return self.eval_size
 
     def replace(self, **changes) -> "DeSTSegConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -340,11 +389,31 @@ def parse_field(name: str, value, cls=None):
     hints = field_types(cls)
     if name not in hints:
         raise unknown_fields_error([name], cls)
+    if name in _LEGACY_SPELLINGS:
+        value = _LEGACY_SPELLINGS[name](value)
     try:
         return _parse(hints[name], value)
     except _Mismatch:
         raise ConfigError(f"config field {name}={value!r}: expected {_type_name(hints[name])}; "
                           f"fix the value (e.g. --set {name}=...)") from None
+
+
+def _legacy_amp(value):
+    """``amp`` was a bool (bf16 autocast on CUDA only): true / false, and their spellings (yes/no,
+    1/0, on/off), read as "cuda" / "off"; the names are case-insensitive."""
+    if isinstance(value, (bool, np.bool_, int, np.integer)) and value in (0, 1):
+        return "cuda" if value else "off"
+    if isinstance(value, str):
+        s = value.strip().lower()
+        if s in ("off", "auto", "bf16", "cuda"):
+            return s
+        if s in _TRUE or s in _FALSE:
+            return "cuda" if s in _TRUE else "off"
+    return value
+
+
+# Fields whose earlier spellings still load (old configs, checkpoints, --set habits).
+_LEGACY_SPELLINGS = {"amp": _legacy_amp}
 
 
 def unknown_fields_error(names, cls=None) -> ConfigError:

@@ -557,20 +557,36 @@ class TestImages(_Sized, torch.utils.data.Dataset):
     """Test images with masks resized like them (:func:`model_hw`; zeros for normal samples) and
     native-size access for full-resolution evaluation. A mask whose size differs from its image's
     raises :class:`DataError` when the item is read.  With ``aspect="keep"`` items differ in size:
-    batch them by :meth:`size_groups` (``infer.predict_dataset`` does)."""
+    batch them by :meth:`size_groups` (``infer.predict_dataset`` does).
+
+    ``eval_size``: the resolution of the pixel metrics (Sec. 4.2; config ``eval_size``): an int S
+    (S x S, the paper's 256), ``"native"`` (each image's file size) or None (the networks' input
+    size, :meth:`model_size`).  :meth:`eval_mask` reads each mask at that size from its file, by
+    the rule of :func:`resize_mask` (bilinear, then ``>= 0.5``)."""
 
     __test__ = False  # not a pytest test class despite the name
 
     def __init__(self, samples: list[Sample], image_size: int, cache: bool = False, resize: str = "antialias",
-                 aspect: str = "square", max_aspect: float = 4.0):
+                 aspect: str = "square", max_aspect: float = 4.0, eval_size: int | str | None = None):
         self.samples, self.image_size, self.resize = list(samples), _check_size(image_size), resize
         self._init_sizes(aspect, max_aspect)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = {} if cache else None
+        self._eval_masks: dict[int, np.ndarray] | None = {} if cache else None
+        if not (eval_size is None or eval_size == "native" or (isinstance(eval_size, (int, np.integer))
+                                                               and not isinstance(eval_size, bool) and eval_size >= 1)):
+            raise DataError(f"eval_size={eval_size!r}: an image size (the paper's: 256), 'native' or None "
+                            "(the networks' input size)")
+        if isinstance(eval_size, (int, np.integer)) and aspect == "keep":
+            raise DataError(f"eval_size={eval_size} with aspect='keep' would squash non-square parts: use "
+                            "eval_size='native'")
+        self.eval_size = int(eval_size) if isinstance(eval_size, (int, np.integer)) else eval_size
 
     @classmethod
     def for_config(cls, samples: list[Sample], cfg, cache: bool = False) -> "TestImages":
-        """The test images as a config (:class:`~destseg_lib.config.DeSTSegConfig`) sizes them."""
-        return cls(samples, cfg.image_size, cache, cfg.resize, cfg.aspect, cfg.max_aspect)
+        """The test images as a config (:class:`~destseg_lib.config.DeSTSegConfig`) sizes them, masks
+        for the metrics at ``cfg.resolved_eval_size``."""
+        return cls(samples, cfg.image_size, cache, cfg.resize, cfg.aspect, cfg.max_aspect,
+                   eval_size=cfg.resolved_eval_size)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -597,6 +613,33 @@ class TestImages(_Sized, torch.utils.data.Dataset):
         s = self.samples[i]
         return {"image": item[0].float().div_(255.0), "mask": item[1].clone(),
                 "label": int(s.label), "defect_type": s.defect_type, "path": s.path, "index": i}
+
+    def eval_hw(self, i) -> tuple[int, int]:
+        """(H, W) at which item ``i``'s pixel metrics are computed (see ``eval_size``)."""
+        if self.eval_size is None:
+            return self.model_size(i)
+        if self.eval_size == "native":
+            return self.native_size(i)
+        return self.eval_size, self.eval_size
+
+    def eval_mask(self, i) -> np.ndarray:
+        """bool mask of item ``i`` at :meth:`eval_hw`, from the mask file: as it is at the native size,
+        else :func:`resize_mask` (bilinear, antialiased when shrinking, then ``>= 0.5``: the official
+        evaluation's rule, Sec. 4.2); zeros for normal samples.  Always the official rule, whatever
+        ``resize`` says for the inputs: the numbers must compare with the paper's."""
+        i = int(i)
+        if self._eval_masks is not None and i in self._eval_masks:
+            return self._eval_masks[i].copy()
+        s, hw = self.samples[i], self.eval_hw(i)
+        if s.mask_path is None:
+            m = np.zeros(hw, dtype=bool)
+        else:
+            m = self.native_mask(i)
+            if m.shape != tuple(hw):
+                m = resize_mask(m, hw, "antialias")[0].numpy() > 0.5
+        if self._eval_masks is not None:
+            self._eval_masks[i] = m
+        return m.copy()
 
     def native_mask(self, i) -> np.ndarray:
         """bool HxW mask at the image's native resolution (zeros for normal samples)."""

@@ -24,11 +24,14 @@ from . import metrics
 from .checkpoint import atomic_torch_save, atomic_write_text, load_model, read_checkpoint
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
+from .errors import ConfigError, DataError
+from .baseline import BASELINE_NAME, add_baseline
 from .infer import Predictions, predict_dataset
+from .precision import resolve_precision
 from .thresholds import choose_thresholds, decision_stats, method_outputs, validation_split
 from .toy import CATEGORY as TOY_CATEGORY
 from .toy import make_toy_dataset
-from .train import config_differences, train
+from .train import check_same_dataset, config_differences, train
 
 METHODS = ("DeSTSeg", "DeST")
 TABLE_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
@@ -39,27 +42,49 @@ def default_data_root() -> Path | None:
     return Path(os.environ["DESTSEG_DATA"]) if os.environ.get("DESTSEG_DATA") else None
 
 
-def open_split(dataset: str = "toy", data_root=None, category: str | None = None, **kw) -> DatasetSplit:
-    """``toy`` (generated on first use under ``data_root``, default ``./data/toy``), or ``mvtec`` /
-    ``mtd`` / ``folder`` read by :func:`destseg_lib.data.open_dataset`."""
-    if dataset == "toy":  # an existing toy dataset is used as it is (whatever its size); else made
-        root = Path(data_root) if data_root else Path("data") / "toy"
-        if not (root / (category or TOY_CATEGORY) / "toy_manifest.json").exists():
+TOY_ROOT = Path("data") / "toy"  # the toy dataset's own folder (relative to the working directory)
+
+
+def open_split(dataset: str = "toy", data_root=None, category: str | None = None, make_toy: bool = False,
+               **kw) -> DatasetSplit:
+    """``toy``: the embedded toy dataset, generated on first use in its own folder (``./data/toy``
+    when no ``data_root`` is given; into ``data_root`` only with ``make_toy=True``): the kit never
+    writes into a data root of the user's.  ``mvtec`` / ``mtd`` / ``folder``: read by
+    :func:`destseg_lib.data.open_dataset`."""
+    if dataset == "toy":
+        if category not in (None, TOY_CATEGORY):
+            raise DataError(f"--category {category}: the toy dataset has one category, {TOY_CATEGORY!r}; for "
+                            "your own data pass --dataset mvtec (or mtd / folder) and --data-root")
+        root = Path(data_root) if data_root is not None else TOY_ROOT
+        if not (root / TOY_CATEGORY / "toy_manifest.json").exists():  # an existing toy set is used as it is
+            if data_root is not None and not make_toy:
+                raise DataError(f"--data-root {root} holds no toy dataset ({root / TOY_CATEGORY / 'toy_manifest.json'} "
+                                f"is missing); the kit makes the toy set only in its own folder: omit --data-root "
+                                f"(it is made in {TOY_ROOT}), or pass --dataset mvtec / mtd / folder for your data")
             make_toy_dataset(root)
-        return mvtec_split(root, category or TOY_CATEGORY)
+        return mvtec_split(root, TOY_CATEGORY)
     data_root = data_root if data_root is not None else default_data_root()
     if data_root is None:
-        raise ValueError(f"dataset {dataset!r} needs a data root: pass --data-root or set DESTSEG_DATA "
-                         "(see data_download.sh)")
+        raise DataError(f"dataset {dataset!r} needs a data root: pass --data-root or set DESTSEG_DATA "
+                        "(see data_download.sh)")
     return open_dataset(dataset, data_root, category, **kw)
 
 
 def evaluate_predictions(preds: Predictions, fpr_limit: float = 0.3) -> dict:
     """All metrics for DeSTSeg and DeST-only maps: ``{"DeSTSeg": {...}, "DeST": {...}}`` (only
-    ``"DeST"`` for a model trained without the segmentation net)."""
-    runs = (("DeSTSeg", preds.maps, preds.scores), ("DeST", preds.de_st_maps, preds.de_st_scores))
-    return {name: metrics.evaluate(maps, preds.masks, scores, preds.labels, fpr_limit=fpr_limit)
-            for name, maps, scores in runs if preds.has_segmentation or name == "DeST"}
+    ``"DeST"`` for a model trained without the segmentation net), and ``"NN-baseline"``
+    (:mod:`destseg_lib.baseline`) when ``preds`` carries the baseline's maps.
+
+    The pixel metrics are computed at the evaluation size (Sec. 4.2, config ``eval_size``): on
+    ``preds.eval_view()``, every map upsampled bilinearly to the size of the masks read from the
+    files at that size; the image scores are those of the predictions (``infer`` docstring)."""
+    view = preds.eval_view()
+    runs = [("DeSTSeg", view.maps, view.scores), ("DeST", view.de_st_maps, view.de_st_scores)]
+    runs = [r for r in runs if view.has_segmentation or r[0] == "DeST"]
+    if view.baseline_maps is not None:
+        runs.append((BASELINE_NAME, view.baseline_maps, view.baseline_scores))
+    return {name: metrics.evaluate(maps, view.masks, scores, view.labels, fpr_limit=fpr_limit)
+            for name, maps, scores in runs}
 
 
 def primary_method(cfg: DeSTSegConfig) -> str:
@@ -68,12 +93,14 @@ def primary_method(cfg: DeSTSegConfig) -> str:
 
 
 def per_defect(preds: Predictions, fpr_limit: float = 0.3) -> list[dict]:
-    """One row per defect type: the normal test images plus that type's images."""
+    """One row per defect type: the normal test images plus that type's images (every method of
+    :func:`evaluate_predictions`, at the evaluation size)."""
+    view = preds.eval_view()  # resized once, not per defect type
     good = [i for i, t in enumerate(preds.defect_types) if preds.labels[i] == 0]
     rows = []
     for kind in sorted({t for i, t in enumerate(preds.defect_types) if preds.labels[i] == 1}):
         idx = good + [i for i, t in enumerate(preds.defect_types) if t == kind and preds.labels[i] == 1]
-        sub = preds.subset(idx)
+        sub = view.subset(idx)
         for name, res in evaluate_predictions(sub, fpr_limit).items():
             rows.append({"defect_type": kind, "method": name, **res, "n_defect_images": len(idx) - len(good)})
     return rows
@@ -81,12 +108,13 @@ def per_defect(preds: Predictions, fpr_limit: float = 0.3) -> list[dict]:
 
 def format_table(results: dict, keys=TABLE_KEYS) -> str:
     """A small fixed-width table: one row per method, percentages with one decimal."""
-    head = f"{'method':<9}" + "".join(f"{k:>13}" for k in keys)
+    first = max([9] + [len(str(name)) + 1 for name in results])
+    head = f"{'method':<{first}}" + "".join(f"{k:>13}" for k in keys)
     lines = [head, "-" * len(head)]
     for name, res in results.items():
         cells = "".join(f"{'n/a' if not math.isfinite(res.get(k, math.nan)) else f'{100 * res[k]:.1f}':>13}"
                         for k in keys)
-        lines.append(f"{name:<9}{cells}")
+        lines.append(f"{name:<{first}}{cells}")
     return "\n".join(lines)
 
 
@@ -126,23 +154,48 @@ def write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(json_safe(obj), indent=2, allow_nan=False) + "\n")
 
 
-# What an evaluation writes in out_dir.  Before a new evaluation, earlier ones are renamed
-# <name>.previous<ext>: if it fails, nothing in out_dir looks like its result (and nothing is lost).
+# What an evaluation writes in out_dir.  A new evaluation writes them into a staging folder beside
+# them (``.incoming-<random>/``) and swaps them in only when all are written: a run that fails or is
+# interrupted leaves the previous evaluation as it was, and a run refused before evaluating touches
+# nothing.
 EVAL_OUTPUTS = ("metrics.json", "per_defect.csv", "per_image.csv", "figures/losses.png",
                 "figures/curves.png", "figures/examples.png")
+_STAGING_PREFIX = ".incoming-"
 
 
-def _previous_name(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.previous{path.suffix}")
+def remove_stale_staging(out_dir: Path) -> None:
+    """Remove what interrupted evaluations left in ``out_dir``: staging folders, and the
+    ``<name>.previous<ext>`` files that kit versions before staging made."""
+    import shutil
+
+    if not out_dir.is_dir():
+        return
+    for p in out_dir.iterdir():
+        if p.name.startswith(_STAGING_PREFIX) and p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+    for rel in EVAL_OUTPUTS:
+        old = out_dir / rel
+        old = old.with_name(f"{old.stem}.previous{old.suffix}")
+        if old.is_file() and not old.is_symlink():
+            old.unlink(missing_ok=True)
 
 
-def _set_aside_outputs(out_dir: Path) -> list[Path]:
+def _swap_in(staging: Path, out_dir: Path) -> list[Path]:
+    """Move every file of ``staging`` to the same place in ``out_dir`` (each rename atomic), remove
+    the outputs of an earlier evaluation that this one did not write, remove ``staging``; returns
+    the files now in ``out_dir``."""
+    import shutil
+
     moved = []
     for rel in EVAL_OUTPUTS:
-        p = out_dir / rel
-        if p.is_file():
-            os.replace(p, _previous_name(p))
-            moved.append(_previous_name(p))
+        new, old = staging / rel, out_dir / rel
+        if new.is_file():
+            old.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(new, old)
+            moved.append(old)
+        elif old.is_file():  # e.g. per_defect.csv of an earlier test set with anomalies
+            old.unlink()
+    shutil.rmtree(staging, ignore_errors=True)
     return moved
 
 
@@ -178,9 +231,10 @@ def load_or_train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu"
             continue
         diff = config_differences(ckpt["config"], cfg)
         if diff:
-            raise ValueError(f"{path} was trained with another config (differs in {diff}): pass "
-                             "--retrain / retrain=True, or another output folder")
-        return load_model(path, device)[0], ckpt.get("history", [])
+            raise ConfigError(f"{path} was trained with another config (differs in {diff}): pass "
+                              "--retrain / retrain=True, or another output folder")
+        check_same_dataset(ckpt, split.name, path)
+        return load_model(path, device, allow_unfinished=path == last)[0], ckpt.get("history", [])
     stop_after = cfg.student_steps if stage == 1 else None
     result = train(cfg, split, out_dir, device=device, resume=not retrain, progress=progress,
                    stop_after=stop_after, callback=callback)
@@ -190,12 +244,15 @@ def load_or_train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu"
 def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain: bool = False,
         progress: bool = True, figures: bool = True, n_examples: int = 6) -> Report:
     """Train or load, predict the test split, evaluate, and write numbers and figures."""
+    import secrets
+
     out_dir = Path(out_dir)
-    # an earlier evaluation's files become *.previous.* until this one is done: if this run fails,
-    # nothing in out_dir looks like its result, and nothing is lost
-    previous = _set_aside_outputs(out_dir)
     validate_split(split, require_test=True)  # train and test images and masks, before any training
+    # a run refused here (another config or dataset in out_dir) has touched nothing
     model, history = load_or_train(cfg, split, out_dir, device, retrain, progress)
+    remove_stale_staging(out_dir)
+    # this evaluation's files are written here and swapped in at the end (see EVAL_OUTPUTS)
+    staging = out_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
     val_samples, test_samples = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
     thresholds = {}
     if val_samples:  # thresholds chosen on the held-out part, metrics reported on the rest
@@ -204,29 +261,39 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
         thresholds = validated_thresholds(val_preds, cfg, split.name)
     test_set = TestImages.for_config(test_samples, cfg)
     preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t, progress=progress)
-    results = evaluate_predictions(preds)
+    baseline_info = None
+    if cfg.baseline:  # the training-free yardstick beside DeSTSeg and DeST (baseline.py)
+        preds, baseline_info = add_baseline(preds, model, cfg, split.train, test_set, progress)
+    results = evaluate_predictions(preds)  # pixel metrics at cfg.resolved_eval_size
     breakdown = per_defect(preds) if preds.labels.any() and not preds.labels.all() else []
     meta = {"dataset": split.name, "n_train": len(split.train), "n_test": len(test_samples),
-            "n_validation": len(val_samples), "config": cfg.to_dict(), "device": str(device)}
+            "n_validation": len(val_samples), "config": cfg.to_dict(), "device": str(device),
+            "eval_size": cfg.resolved_eval_size, **({"baseline": baseline_info} if baseline_info else {}),
+            "precision": resolve_precision(cfg.amp, device)}  # of training here (amp resolved for device)
     if thresholds:
         meta["thresholds"] = thresholds
         maps, scores = method_outputs(preds, thresholds["method"])
         meta["decisions_on_test"] = decision_stats(maps, preds.masks, scores, preds.labels,
                                                    thresholds["image"], thresholds["pixel"])
-    files = [write_json(out_dir / "metrics.json", {"results": results, **meta})]
-    files.append(_write_csv(breakdown, out_dir / "per_defect.csv"))
-    files.append(_write_csv([{"path": p, "defect_type": t, "label": int(l), "score": float(s),
-                              "de_st_score": float(d)}
-                             for p, t, l, s, d in zip(preds.paths, preds.defect_types, preds.labels,
-                                                      preds.scores, preds.de_st_scores)],
-                            out_dir / "per_image.csv"))
-    _store_thresholds(out_dir / "model.pt", thresholds)
-    if figures:
-        files += _figures(history, preds, test_set, out_dir / "figures", n_examples)
-    for p in previous:  # superseded by this evaluation
-        p.unlink(missing_ok=True)
-    return Report(results, breakdown, preds, model, test_set, out_dir, history,
-                  [f for f in files if f is not None])
+    try:
+        write_json(staging / "metrics.json", {"results": results, **meta})
+        _write_csv(breakdown, staging / "per_defect.csv")
+        _write_csv([{"path": p, "defect_type": t, "label": int(l), "score": float(s),
+                     "de_st_score": float(d),
+                     **({} if preds.baseline_scores is None else {"baseline_score": float(preds.baseline_scores[k])})}
+                    for k, (p, t, l, s, d) in enumerate(zip(preds.paths, preds.defect_types, preds.labels,
+                                                            preds.scores, preds.de_st_scores))],
+                   staging / "per_image.csv")
+        if figures:
+            _figures(history, preds, test_set, staging / "figures", n_examples)
+        _store_thresholds(out_dir / "model.pt", thresholds)
+    except BaseException:  # nothing of this evaluation is swapped in
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    files = _swap_in(staging, out_dir)
+    return Report(results, breakdown, preds, model, test_set, out_dir, history, files)
 
 
 def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: str = "") -> dict:
@@ -237,7 +304,7 @@ def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: st
     chosen = choose_thresholds(maps, val_preds.masks, scores, val_preds.labels, cfg.threshold_rule,
                                cfg.target_recall)
     n_anom = int(val_preds.labels.sum())
-    return {**chosen, "method": method,
+    return {**chosen, "method": method, "val_fraction": cfg.val_fraction, "val_seed": cfg.val_seed,
             "chosen_on": f"validation split of {dataset or 'the test data'}: {len(val_preds.labels)} images "
                          f"({n_anom} anomalous), val_fraction={cfg.val_fraction}, val_seed={cfg.val_seed}",
             "n_validation": len(val_preds.labels)}

@@ -8,8 +8,16 @@ teacher + student + segmentation net + bilinear upsampling + top-T score (Sec. 3
 graph: input ``images`` (B x 3 x S x S, float32 in [0, 1], any batch size B, S = the checkpoint's
 ``image_size``; a model trained with ``aspect="keep"`` takes any H x W that are multiples of 16),
 outputs ``anomaly_map`` (B x S x S), ``score`` (B), ``de_st_map``, ``de_st_score``.
-The normalisation is inside the graph.  The file's metadata hold the kit's config and the stored
-thresholds (JSON), so a deployment needs nothing else.  ``tests/test_export.py`` checks onnxruntime's
+The normalisation is inside the graph.  The file's metadata hold the kit's config, the stored
+thresholds (JSON) and the checkpoint's weights fingerprint (``destseg_fingerprint``,
+:func:`destseg_lib.checkpoint.weights_fingerprint`), so a deployment needs nothing else, and
+``destseg predict --onnx F --checkpoint C`` refuses an ``F`` that was not exported from ``C`` (whose
+thresholds would otherwise be applied to another model's scores).
+
+The export never replaces the checkpoint it reads (the same file, also through a link), nor any
+existing file unless ``overwrite=True`` (``--overwrite``); it writes to a temporary name and renames
+it when complete, and an operating-system error (no space left, read-only...) is one
+:class:`~destseg_lib.errors.OutputError` line naming the file.  ``tests/test_export.py`` checks onnxruntime's
 outputs against PyTorch's (1e-4 absolute).
 
 Needs ``pip install 'destseg-kit[onnx]'`` (onnx, onnxscript, onnxruntime).  Export uses
@@ -26,7 +34,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DestSegError
+from .errors import DestSegError, OutputError
+from .files import output_error
 from .fast import OUTPUT_NAMES, InferenceGraph, fold_batchnorm
 
 OPSET = 18
@@ -87,8 +96,10 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
         os.replace(tmp, path)
-    except ExportError:
+    except (ExportError, OutputError):
         raise
+    except OSError as e:
+        raise output_error(path, e) from None
     except Exception as e:
         raise ExportError(f"ONNX export to {path} failed ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
@@ -97,15 +108,52 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
     return path
 
 
-def export_checkpoint(checkpoint, path, opset: int = OPSET) -> Path:
-    """Export the model of a kit checkpoint, with its config and thresholds as metadata."""
-    from .checkpoint import load_model
+def check_export_target(checkpoint, path, overwrite: bool = False) -> None:
+    """:class:`OutputError` when ``path`` is the checkpoint itself (resolved: links and hard links
+    too; always refused), a folder, or an existing file and not ``overwrite``."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    try:
+        same = os.path.samefile(path, checkpoint)
+    except OSError:
+        same = False
+    if same:
+        raise OutputError(f"--out {path} is the checkpoint {checkpoint} itself: the export would overwrite the "
+                          f"model; pass another --out, e.g. {Path(checkpoint).with_suffix('.onnx')}")
+    if path.is_dir():
+        raise OutputError(f"--out {path} is a folder: pass the .onnx file to write, e.g. {path / 'model.onnx'}")
+    if not overwrite:
+        raise OutputError(f"--out {path} exists: pass --overwrite to replace it, or another --out")
+
+
+def check_same_model(onnx_path, metadata: dict, checkpoint, fingerprint: str) -> None:
+    """:class:`ExportError` unless the ONNX file's ``destseg_fingerprint`` is ``fingerprint`` (the
+    checkpoint's weights): its config and thresholds belong to one model."""
+    theirs = metadata.get("destseg_fingerprint")
+    if not theirs:
+        raise ExportError(f"--onnx {onnx_path} carries no weights fingerprint (exported by an older destseg-kit), "
+                          f"so it cannot be matched with --checkpoint {checkpoint}: export it again "
+                          f"(destseg export --checkpoint {checkpoint} --out {onnx_path} --overwrite)")
+    if theirs != fingerprint:
+        raise ExportError(f"--onnx {onnx_path} was not exported from --checkpoint {checkpoint} (weights fingerprint "
+                          f"{theirs} in the ONNX file, {fingerprint} in the checkpoint): pass the checkpoint it came "
+                          f"from, or export this one (destseg export --checkpoint {checkpoint} --out ...)")
+
+
+def export_checkpoint(checkpoint, path, opset: int = OPSET, *, overwrite: bool = False) -> Path:
+    """Export the model of a kit checkpoint, with its config, thresholds and weights fingerprint as
+    metadata; refused (:func:`check_export_target`) over the checkpoint itself, and over an existing
+    file unless ``overwrite``."""
+    from .checkpoint import load_model, weights_fingerprint
     from .config import DeSTSegConfig
 
+    check_export_target(checkpoint, path, overwrite)
     model, ckpt = load_model(checkpoint, "cpu")
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
     meta = {"destseg_config": cfg.to_dict(), "destseg_thresholds": ckpt.get("thresholds") or {},
-            "destseg_source": str(checkpoint), "image_size": str(cfg.image_size), "top_t": str(cfg.top_t)}
+            "destseg_source": str(checkpoint), "destseg_fingerprint": weights_fingerprint(ckpt["model"]),
+            "image_size": str(cfg.image_size), "top_t": str(cfg.top_t)}
     return export_onnx(model, path, cfg.image_size, cfg.top_t, meta, opset, any_size=cfg.aspect == "keep")
 
 
@@ -140,6 +188,8 @@ class OnnxScorer:
             raise ExportError(f"onnxruntime cannot load {path} ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
         self.input_name = self.session.get_inputs()[0].name
+        # the file's metadata (string values as stored: destseg_fingerprint, destseg_config ...)
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def run(self, images) -> dict:

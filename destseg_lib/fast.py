@@ -21,6 +21,8 @@ checks maps and scores to 1e-4 absolute after folding, channels-last and both to
   ``compile=True`` wraps it in ``torch.compile`` and falls back to eager execution (with a warning)
   if compiling fails on this machine (no C++ compiler, unsupported backend...).  Whether the two
   options pay is a property of the hardware: measure with ``bench/speed.py`` (both default off).
+  ``precision="bf16"`` runs the networks under bf16 autocast, the maps in float32
+  (:func:`destseg_lib.infer.forward_in`; not the same maths: close, not equal).
 * :func:`set_threads` — intra-op threads = the CPUs this process may use (``sched_getaffinity``),
   not ``os.cpu_count()`` of the host.
 """
@@ -35,7 +37,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .infer import top_t_score
+from .infer import forward_in, top_t_score
+from .precision import check_precision
 
 # (conv, batchnorm) attribute pairs of known blocks whose forward applies the BN right after the conv.
 CONV_BN_PAIRS = {
@@ -87,12 +90,12 @@ class InferenceGraph(nn.Module):
     bilinearly to H x W, the mean of its top-T values; the DeST map and its top-T mean; for a model
     without segmentation net the anomaly map is the DeST map)."""
 
-    def __init__(self, model: nn.Module, top_t: int = 100):
+    def __init__(self, model: nn.Module, top_t: int = 100, precision: str = "float32"):
         super().__init__()
-        self.model, self.top_t = model, int(top_t)
+        self.model, self.top_t, self.precision = model, int(top_t), check_precision(precision)
 
     def forward(self, images: torch.Tensor):
-        out = self.model(images)
+        out = forward_in(self.model, images, self.precision)
         size = images.shape[-2:]
         de_st = out["de_st"][:, 0]
         if "seg" in out:
@@ -109,21 +112,24 @@ class FastPredictor:
     """``predictor(images)`` -> dict like :func:`destseg_lib.infer.predict` (same keys, same values
     within float tolerance), from a BN-folded copy of ``model`` under ``torch.inference_mode``.
 
-    ``channels_last``: NHWC weights and inputs; ``compile``: ``torch.compile`` the graph, falling back
+    ``channels_last``: NHWC weights and inputs; ``precision``: "float32" (default) or "bf16"
+    (autocast, maps in float32); ``compile``: ``torch.compile`` the graph, falling back
     to eager (warning once) if compilation or the first compiled call fails; ``fold_bn=False`` keeps
     the BatchNorms (for comparisons).  Attributes ``compiled`` (True once a compiled call succeeded)
     and ``fallback_reason`` (why compiling was abandoned) say what actually runs.
     """
 
     def __init__(self, model: nn.Module, top_t: int = 100, *, fold_bn: bool = True,
-                 channels_last: bool = False, compile: bool = False, compile_mode: str | None = None):
+                 channels_last: bool = False, compile: bool = False, compile_mode: str | None = None,
+                 precision: str = "float32"):
         base = fold_batchnorm(model) if fold_bn else copy.deepcopy(model).eval()
         for p in base.parameters():
             p.requires_grad_(False)
         self.channels_last = bool(channels_last)
         if self.channels_last:
             base = base.to(memory_format=torch.channels_last)
-        self.graph = InferenceGraph(base, top_t).eval()
+        self.precision = check_precision(precision)
+        self.graph = InferenceGraph(base, top_t, self.precision).eval()
         self.device = next(base.parameters()).device
         self._run = self.graph
         self.compiled, self.fallback_reason = False, None

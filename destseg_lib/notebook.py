@@ -177,7 +177,7 @@ def setup(preset: str = "quick", dataset: str = "toy", data_root=None, category=
     plt.rcParams.update({"figure.dpi": 72, "savefig.dpi": 100, "font.size": 9})
     _inline_jpeg()
     if dataset == "toy":
-        split = open_split("toy", data_root or repo / "data" / "toy", category)
+        split = open_split("toy", data_root or repo / "data" / "toy", category, make_toy=data_root is None)
     else:
         split = open_split(dataset, data_root, category)
     if out_dir is None:

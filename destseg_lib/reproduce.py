@@ -346,7 +346,14 @@ class Grid:
                 import yaml
             except ImportError:
                 raise ReproduceError(f"{path}: reading YAML needs PyYAML; write the grid as JSON") from None
-            d = yaml.safe_load(text)
+            try:
+                d = yaml.safe_load(text)
+            except yaml.YAMLError as e:  # includes !!python/object tags: safe_load refuses to build them
+                mark = getattr(e, "problem_mark", None)
+                where = f" (line {mark.line + 1})" if mark is not None else ""
+                what = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+                raise ReproduceError(f"grid file {path}{where}: not a plain YAML grid ({what}); tags such as "
+                                     "!!python/object are refused: write plain keys, lists and numbers") from None
         else:
             try:
                 d = json.loads(text)
@@ -447,6 +454,8 @@ def run_metrics(run_dir, spec: dict) -> dict | None:
     if not isinstance(res, dict) or not isinstance(m.get("config"), dict):
         return None
     if _config_diff(m["config"], spec["config"]):
+        return None
+    if "eval_size" not in m:  # computed before metrics were taken at eval_size: not comparable
         return None
     return res
 
@@ -1587,7 +1596,10 @@ def grid_from_args(args) -> Grid:
         if value is not None:
             d[key] = value
     if args.seeds is not None:
-        d["seeds"] = [int(s) for s in args.seeds]
+        try:
+            d["seeds"] = [int(s) for s in args.seeds]
+        except ValueError:
+            raise ReproduceError(f"--seeds {' '.join(args.seeds)}: seeds are integers, e.g. --seeds 0 1 2") from None
     if args.variants is not None:
         d["variants"] = [v for item in args.variants for v in item.replace(",", " ").split()]
     if args.set or args.texture_dir:

@@ -22,6 +22,7 @@ Pure numpy / OpenCV; :mod:`destseg_lib.widgets` uses :func:`region_detection_thr
 from __future__ import annotations
 
 import math
+import re
 
 import cv2
 import numpy as np
@@ -171,3 +172,16 @@ def decision_stats(maps: np.ndarray, masks: np.ndarray, scores: np.ndarray, labe
     if pixel_threshold is not None:
         out.update(stats(flat_pixels(maps) >= pixel_threshold, flat_pixels(masks, bool), "pixel"))
     return out
+
+
+def validation_of(ckpt: dict, cfg) -> tuple[float, int]:
+    """``(val_fraction, val_seed)`` of the validation split that a checkpoint's stored thresholds
+    were chosen on — which may differ from its training config (a later ``destseg run --set
+    val_fraction=0.3`` stores thresholds in a model trained without one) — else the config's."""
+    t = ckpt.get("thresholds") or {}
+    if "val_fraction" in t:
+        return float(t["val_fraction"]), int(t.get("val_seed", cfg.val_seed))
+    m = re.search(r"val_fraction=([0-9.eE+-]+), val_seed=(-?\d+)", str(t.get("chosen_on", "")))
+    if m:  # thresholds stored before the split was recorded by value
+        return float(m.group(1)), int(m.group(2))
+    return float(cfg.val_fraction), int(cfg.val_seed)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .errors import DataError
 
 DEFECTS = ("scratch", "hole", "stain", "missing")
 CATEGORY = "toy_part"
@@ -121,6 +124,13 @@ def make_toy_dataset(root, n_train: int = 60, n_test_good: int = 20, n_per_defec
         return root
     if manifest.exists():  # made with other arguments: start afresh, no stale files
         shutil.rmtree(cat)
+    elif cat.exists() and any(cat.iterdir()):
+        raise DataError(f"{cat} exists and is not a toy dataset made by the kit (no toy_manifest.json): "
+                        "it is not written over; pass another root for the toy set")
+    # made in a temporary sibling folder and renamed when complete: an interrupted run leaves no
+    # half-made dataset that a later run would take for one
+    final, cat = cat, root / f".{category}.partial-{os.getpid()}"
+    shutil.rmtree(cat, ignore_errors=True)
     rng = np.random.default_rng(seed)
     for i in range(n_train):
         _save(cat / "train" / "good" / f"{i:03d}.png", _part(rng, size)[0])
@@ -135,5 +145,8 @@ def make_toy_dataset(root, n_train: int = 60, n_test_good: int = 20, n_per_defec
                     break
             _save(cat / "test" / kind / f"{i:03d}.png", img)
             _save(cat / "ground_truth" / kind / f"{i:03d}_mask.png", mask.astype(np.uint8) * 255)
-    manifest.write_text(json.dumps(args))
+    (cat / "toy_manifest.json").write_text(json.dumps(args))
+    if final.exists():  # an empty folder
+        final.rmdir()
+    os.replace(cat, final)
     return root

@@ -3,14 +3,22 @@
 Determinism: the batch of step ``s`` is a pure function of (seed, s) — which images (an epoch-wise
 permutation), their rotation augmentation, Perlin mask, texture and opacity all come from
 ``numpy.random.default_rng([seed, s, j])`` — and torch's RNG (dropout of the optional torchvision ASPP) is re-seeded
-from (seed, s) at every step.  So results do not depend on ``num_workers``, and resuming from a
-checkpoint at step ``s`` reaches the same final weights as an uninterrupted run with the same seed.
+from (seed, s) at every step.  So results do not depend on ``num_workers`` nor on ``prefetch`` (batches
+made ahead by a background thread, :class:`PrefetchedBatches`), and resuming from a checkpoint at
+step ``s`` reaches the same final weights as an uninterrupted run with the same seed.
+
+Precision: ``cfg.amp`` resolved for the device (:func:`destseg_lib.precision.resolve_precision`),
+printed at the start, stored in every checkpoint (``"precision"``: "float32" or "bf16") and in
+:attr:`TrainResult.extra`.
 """
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import queue
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,16 +30,19 @@ from tqdm.auto import tqdm
 from .checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, remove_stale_temporaries
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TrainImages, rotate_augment, validate_split
-from .errors import TrainingDivergedError
+from .errors import ConfigError, TrainingDivergedError
+from .files import atomic_write_text
 from .losses import cosine_loss, segmentation_loss
 from .models import DeSTSeg, cosine_distance_maps, segmentation_input
+from .precision import autocast, check_precision, describe_precision, resolve_precision
 from .synthesis import AnomalySynthesizer
 from .textures import make_texture_source
 
 # Fields that may differ between an interrupted run and its resumption: engineering ones, and those of
 # the evaluation only (which test images are held out for the thresholds and how they are chosen).
-_ENGINEERING = {"num_workers", "checkpoint_every", "cache_images", "amp"}
-_EVALUATION_ONLY = {"val_fraction", "val_seed", "threshold_rule", "target_recall"}
+_ENGINEERING = {"num_workers", "checkpoint_every", "cache_images", "amp", "prefetch"}
+_EVALUATION_ONLY = {"val_fraction", "val_seed", "threshold_rule", "target_recall", "eval_size", "baseline",
+                    "baseline_bank_size", "baseline_size"}
 _RESUME_FREE = _ENGINEERING | _EVALUATION_ONLY
 
 
@@ -102,6 +113,120 @@ class SyntheticBatches(torch.utils.data.Dataset):
         return torch.stack(clean), torch.stack(aug), torch.stack(masks)
 
 
+def check_same_dataset(ckpt: dict, dataset: str, path) -> None:
+    """A :class:`ConfigError` when the checkpoint at ``path`` was trained on another dataset than
+    ``dataset`` (checkpoints older than the ``dataset`` entry are not checked)."""
+    trained_on = ckpt.get("dataset")
+    if trained_on and dataset and trained_on != dataset:
+        raise ConfigError(f"{path} was trained on {trained_on}, not on {dataset}: pass --retrain (it is "
+                          "replaced) or another --out for a model of this dataset")
+
+
+class PrefetchedBatches:
+    """``dataset[i]`` for ``i`` in ``indices``, in that order, each made up to ``ahead`` items before
+    it is asked for, by one background thread, while the caller runs the current training step:
+    synthesis (Perlin masks, texture blends, rotations) off the step's critical path.
+
+    The items and their order are exactly those of ``(dataset[i] for i in indices)``: an item of
+    :class:`SyntheticBatches` is a pure function of (seed, index), its only state being caches of
+    decoded images and textures, which hold the same values whichever thread fills them.  An
+    exception raised making an item is re-raised by the iteration at that item.  The thread stops
+    when iteration ends, when it is abandoned by an exception (``KeyboardInterrupt`` included:
+    :meth:`close`, also called by ``with``), and it is a daemon, so it never holds the interpreter
+    at exit.  ``pin_memory=True`` pins each tensor (for CUDA) in the thread too.
+    """
+
+    _END = object()
+
+    def __init__(self, dataset, indices, ahead: int = 1, pin_memory: bool = False):
+        if ahead < 1:
+            raise ValueError(f"ahead={ahead}: at least one item ahead (use the dataset itself for none)")
+        self.dataset, self.indices, self.ahead, self.pin_memory = dataset, indices, int(ahead), pin_memory
+        self._queue: queue.Queue = queue.Queue(maxsize=self.ahead)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _put(self, obj) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(obj, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(self) -> None:
+        # one intra-op thread for this thread's own torch ops (stacking, conversions): the cores
+        # belong to the training step (OpenMP keeps this setting per thread)
+        torch.set_num_threads(1)
+        try:
+            for i in self.indices:
+                if self._stop.is_set():
+                    return
+                item = self.dataset[i]
+                if self.pin_memory:
+                    item = tuple(t.pin_memory() for t in item)
+                if not self._put((True, item)):
+                    return
+        except BaseException as e:  # noqa: BLE001 - handed to the consumer, re-raised there
+            self._put((False, e))
+            return
+        self._put((True, self._END))
+
+    def __iter__(self):
+        if self._thread is not None:
+            raise RuntimeError("PrefetchedBatches is iterated once; make a new one to start again")
+        self._thread = threading.Thread(target=self._produce, name="destseg-prefetch", daemon=True)
+        self._thread.start()
+        try:
+            while True:
+                try:
+                    ok, item = self._queue.get(timeout=0.1)
+                except queue.Empty:
+                    if not self._thread.is_alive() and self._queue.empty():
+                        raise RuntimeError("the prefetching thread ended without a batch") from None
+                    continue
+                if not ok:
+                    raise item
+                if item is self._END:
+                    return
+                yield item
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the thread (it finishes the item it is making, at most) and drop what it made."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=30)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def batch_loader(batches, indices, num_workers: int = 0, prefetch: int = 0, pin_memory: bool = False):
+    """The training batches ``batches[i]`` for ``i`` in ``indices``, in order: a DataLoader with
+    ``num_workers`` processes (which prefetch themselves), else :class:`PrefetchedBatches` with
+    ``prefetch`` batches ahead, else (``prefetch=0``) a DataLoader in this process, made when asked
+    for (the kit before ``prefetch`` existed).  The same tensors every way."""
+    if num_workers == 0 and prefetch > 0:
+        return PrefetchedBatches(batches, indices, prefetch, pin_memory)
+    return torch.utils.data.DataLoader(batches, batch_size=None, sampler=indices, num_workers=num_workers,
+                                       persistent_workers=False, pin_memory=pin_memory)
+
+
 def _step_seed(seed: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, 3, step]).generate_state(1)[0])
 
@@ -140,7 +265,7 @@ def _diverged(what: str, value, step, stage: int) -> TrainingDivergedError:
 
 
 def training_step(model: DeSTSeg, batch, cfg: DeSTSegConfig, stage: int, optimizer=None,
-                  use_amp: bool = False, step: int | None = None) -> dict:
+                  precision: str = "float32", step: int | None = None) -> dict:
     """One training step of stage 1 or 2 (Sec. 3.4) on ``batch`` = (clean, anomalous, mask), already
     on the model's device.  Sets the train/eval modes, computes the loss, raises
     :class:`~destseg_lib.errors.TrainingDivergedError` if it is not finite, and — when an optimiser
@@ -150,22 +275,34 @@ def training_step(model: DeSTSeg, batch, cfg: DeSTSegConfig, stage: int, optimiz
     Stage 1 (Eq. 3-4): the teacher sees the clean image, the student the corrupted one
     (``cfg.denoising``; Table 4 without "den": the clean one).  Stage 2 (Eq. 2, 5-7): teacher and
     student, frozen, both see the corrupted image; the segmentation net learns the mask.
+
+    ``precision``: ``"float32"`` (the paper's) or ``"bf16"`` (autocast around the networks'
+    forward passes; :mod:`destseg_lib.precision`; ``True`` / ``False`` are read as bf16 / float32).
+    Either way the features are cast to float32 before the cosine maps and the segmentation input
+    are formed, the segmentation output before the focal and L1 losses, and the weights and the
+    optimiser state stay float32.
     """
     clean, aug, mask = batch
-    device_type = clean.device.type
+    precision, device_type = check_precision(precision), clean.device.type
+
+    def amp():
+        return autocast(precision, device_type)
     model.student.train(stage == 1)
     if model.segmentation is not None:
         model.segmentation.train(stage == 2)
-    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=use_amp):
-        if stage == 1:
+    if stage == 1:
+        with amp():
             with torch.no_grad():
                 t_feats = model.teacher(model.normalize(clean))
             s_feats = model.student_features(model.normalize(aug if cfg.denoising else clean))
-            maps = [m.float() for m in cosine_distance_maps(t_feats, s_feats)]
-        else:
-            with torch.no_grad():
-                t_feats, s_feats = model.features(aug)
-            probs = model.segmentation(segmentation_input(t_feats, s_feats, cfg.seg_input)).float()
+        maps = cosine_distance_maps([f.float() for f in t_feats], [f.float() for f in s_feats])
+    else:
+        with torch.no_grad(), amp():
+            t_feats, s_feats = model.features(aug)
+        seg_in = segmentation_input([f.float() for f in t_feats], [f.float() for f in s_feats], cfg.seg_input)
+        with amp():
+            probs = model.segmentation(seg_in)
+        probs = probs.float()
     if stage == 1:
         loss = cosine_loss(maps)
         row = {"step": step, "stage": 1, "loss": loss.item()}
@@ -205,12 +342,11 @@ def _write_log(history: list[dict], out_dir: Path) -> None:
         return
     keys = sorted({k for h in history for k in h},
                   key=["step", "stage", "loss", "focal", "l1", "seconds", "data_wait"].index)
-    tmp = out_dir / "train_log.csv.tmp"
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(history)
-    tmp.replace(out_dir / "train_log.csv")
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(out_dir / "train_log.csv", buf.getvalue())
 
 
 def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume: bool = False,
@@ -230,8 +366,7 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     cfg.validate()
     validate_split(split, require_test=False)  # every image and mask, before any training step
     device = torch.device(device)
-    out_dir = Path(out_dir)
-    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out_dir)  # folders are made by the first write: a run that fails early leaves none
     last = out_dir / "checkpoints" / "last.pt"
 
     model = build_model(cfg).to(device)
@@ -243,6 +378,7 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
         if diff:
             raise ValueError(f"cannot resume from {last}: config differs in {diff}; use the same "
                              "config or a new out_dir")
+        check_same_dataset(ckpt, split.name, last)
         model.load_state_dict(ckpt["model"])
         opt_student.load_state_dict(ckpt["optim_student"])
         if opt_seg is not None:
@@ -255,10 +391,10 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
     images = TrainImages.for_config(split.train, cfg)
     batches = SyntheticBatches(images, synth, cfg.batch_size, cfg.seed, split.rotation, cfg.rotation_fill)
     end = cfg.total_steps if stop_after is None else min(cfg.total_steps, stop_after)
-    loader = torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start, end),
-                                         num_workers=cfg.num_workers,
-                                         persistent_workers=False, pin_memory=device.type == "cuda")
-    use_amp = cfg.amp and device.type == "cuda"
+    loader = batch_loader(batches, range(start, end), cfg.num_workers, cfg.prefetch, device.type == "cuda")
+    precision = resolve_precision(cfg.amp, device)
+    if progress:
+        print(describe_precision(cfg.amp, device), flush=True)
 
     def save(step: int, path: Path, optimizers: bool = True) -> Path:
         """Resumable checkpoints carry the optimisers' momentum (as large as the weights); the final
@@ -266,41 +402,45 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
         extra = {"optim_student": opt_student.state_dict(),
                  "optim_seg": opt_seg.state_dict() if opt_seg is not None else None} if optimizers else {}
         return atomic_torch_save(make_checkpoint(
-            model, cfg, step=step, history=history, dataset=split.name, grayscale_textures=grayscale,
-            **extra), path)
+            model, cfg, finished=not optimizers, dataset=split.name, step=step, history=history,
+            grayscale_textures=grayscale, precision=precision, **extra), path)
 
     t0 = time.perf_counter()
     bar = tqdm(total=end - start, desc="train", disable=not progress, unit="step")
     step = start
     ready = time.perf_counter()
-    for step, batch in enumerate(loader, start=start):
-        # seconds the model waited for this batch (synthesis in the main process with num_workers=0,
-        # or workers that fell behind): the "data_wait" column of train_log.csv
-        data_wait = time.perf_counter() - ready
-        torch.manual_seed(_step_seed(cfg.seed, step))
-        batch = tuple(t.to(device, non_blocking=True) for t in batch)
-        stage = stage_of(cfg, step)
-        row = training_step(model, batch, cfg, stage, opt_student if stage == 1 else opt_seg, use_amp, step)
-        del row["loss_tensor"]
-        row["seconds"] = round(time.perf_counter() - t0, 3)
-        row["data_wait"] = round(data_wait, 4)
-        history.append(row)
-        if callback is not None:
-            callback(row)
-        bar.update(1)
-        bar.set_postfix(stage=stage, loss=f"{row['loss']:.4f}")
-        done = step + 1
-        if done % cfg.checkpoint_every == 0 or done in (cfg.student_steps, end):
-            save(done, last)
-            _write_log(history, out_dir)
-        ready = time.perf_counter()
+    try:
+        for step, batch in enumerate(loader, start=start):
+            # seconds the model waited for this batch (synthesis in this process with prefetch=0, or
+            # a prefetching thread / workers that fell behind): the "data_wait" column of train_log.csv
+            data_wait = time.perf_counter() - ready
+            torch.manual_seed(_step_seed(cfg.seed, step))
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            stage = stage_of(cfg, step)
+            optimizer = opt_student if stage == 1 else opt_seg
+            row = training_step(model, batch, cfg, stage, optimizer, precision, step)
+            del row["loss_tensor"]
+            row["seconds"] = round(time.perf_counter() - t0, 3)
+            row["data_wait"] = round(data_wait, 4)
+            history.append(row)
+            if callback is not None:
+                callback(row)
+            bar.update(1)
+            bar.set_postfix(stage=stage, loss=f"{row['loss']:.4f}")
+            done = step + 1
+            if done % cfg.checkpoint_every == 0 or done in (cfg.student_steps, end):
+                save(done, last)
+                _write_log(history, out_dir)
+            ready = time.perf_counter()
+    finally:  # the prefetching thread stops with the loop, also on an exception or Ctrl-C
+        if isinstance(loader, PrefetchedBatches):
+            loader.close()
     bar.close()
     seconds = time.perf_counter() - t0
     final = last
     if end == cfg.total_steps:
         final = save(cfg.total_steps, out_dir / "model.pt", optimizers=False)
         _write_log(history, out_dir)
-        with open(out_dir / "config.json", "w") as f:
-            json.dump(cfg.to_dict(), f, indent=2)
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     model.eval()
-    return TrainResult(model, history, final, out_dir, seconds)
+    return TrainResult(model, history, final, out_dir, seconds, extra={"precision": precision})

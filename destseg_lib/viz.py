@@ -15,7 +15,6 @@ sit outside the curves.  Every ``plot_*`` function draws a new figure, saves it 
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -26,16 +25,23 @@ METHOD_COLOURS = {"DeSTSeg": "tab:blue", "DeST": "tab:orange", "DeST only": "tab
 
 
 def _save(fig, path):
+    """Save ``fig`` as PNG at ``path`` (when given), atomically: a full disk leaves no truncated file."""
     if path is not None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110, bbox_inches="tight")
+        from .files import atomic_write_bytes  # standard library only: viz stays a leaf
+
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+        atomic_write_bytes(path, buf.getvalue())
     return fig
 
 
 def _hwc(image) -> np.ndarray:
-    """3xHxW tensor / HxWx3 array in [0, 1] -> HxWx3 float numpy array."""
-    a = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
-    return np.clip(a.transpose(1, 2, 0) if a.ndim == 3 and a.shape[0] in (1, 3) else a, 0, 1)
+    """3xHxW tensor / HxWx3 array in [0, 1] -> HxWx3 float numpy array.  A shape that reads both
+    ways (3 x W x 3: an image 1 or 3 px tall) is taken as CHW for a tensor, HWC for an array."""
+    tensor = hasattr(image, "detach")
+    a = image.detach().cpu().numpy() if tensor else np.asarray(image)
+    chw = a.ndim == 3 and a.shape[0] in (1, 3) and (tensor or a.shape[-1] not in (1, 3))
+    return np.clip(a.transpose(1, 2, 0) if chw else a, 0, 1)
 
 
 def _array(a) -> np.ndarray:

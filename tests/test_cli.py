@@ -68,8 +68,12 @@ def test_evaluate_command(demo_run, tmp_path, capsys):
     data, out = demo_run
     assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data-root", str(data),
                  "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
-    assert "pixel_ap" in capsys.readouterr().out
-    assert set(json.loads((tmp_path / "m.json").read_text())) == {"DeSTSeg", "DeST"}
+    text = capsys.readouterr().out
+    assert "pixel_ap" in text and "NN-baseline" in text and "256 x 256" in text
+    got = json.loads((tmp_path / "m.json").read_text())
+    assert set(got) == {"DeSTSeg", "DeST", "NN-baseline"} and got["DeST"]["eval_size"] == 256
+    ran = json.loads((out / "metrics.json").read_text())["results"]  # the run's own evaluation agrees
+    assert all(got[m]["pixel_ap"] == pytest.approx(ran[m]["pixel_ap"]) for m in got)
 
 
 def test_bad_data_root_is_a_clear_error(tmp_path, capsys):

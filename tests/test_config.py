@@ -16,7 +16,8 @@ FALSE = ["false", "False", "FALSE", "no", "NO", "0", "off"]
 def test_bool_strings_are_parsed_not_truthy(text):
     want = text in TRUE
     cfg = get_preset("ci", amp=text, cache_images=text, grayscale_textures=text)
-    assert cfg.amp is want and cfg.cache_images is want and cfg.grayscale_textures is want
+    assert cfg.cache_images is want and cfg.grayscale_textures is want
+    assert cfg.amp == ("cuda" if want else "off")  # amp was a bool: true/false keep their old meaning
 
 
 def test_set_false_from_the_command_line_is_false():
@@ -24,7 +25,7 @@ def test_set_false_from_the_command_line_is_false():
                                       "grayscale_textures=no", "--set", "texture_dir=none",
                                       "--set", "lr_student=1e-3", "--set", "seg_steps=7"])
     cfg = _config(args)
-    assert cfg.amp is False and cfg.grayscale_textures is False and cfg.texture_dir is None
+    assert cfg.amp == "off" and cfg.grayscale_textures is False and cfg.texture_dir is None
     assert cfg.lr_student == pytest.approx(1e-3) and type(cfg.lr_student) is float
     assert cfg.seg_steps == 7 and type(cfg.seg_steps) is int
 
@@ -72,7 +73,7 @@ def test_every_field_round_trips_through_its_text(preset):
 def test_assigned_values_are_checked_by_validate():
     cfg = get_preset("ci")
     cfg.amp = "false"
-    assert cfg.validate().amp is False
+    assert cfg.validate().amp == "off"
     cfg.seed = "abc"
     with pytest.raises(ConfigError, match="seed='abc'"):
         cfg.validate()
@@ -80,7 +81,7 @@ def test_assigned_values_are_checked_by_validate():
 
 def test_from_dict_parses_and_checks_saved_configs():
     d = get_preset("ci").to_dict()
-    assert DeSTSegConfig.from_dict({**d, "amp": "no"}).amp is False
+    assert DeSTSegConfig.from_dict({**d, "amp": "no"}).amp == "off"
     with pytest.raises(ConfigError, match="image_size='abc'"):
         DeSTSegConfig.from_dict({**d, "image_size": "abc"})
 

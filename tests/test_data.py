@@ -296,7 +296,7 @@ def test_rotate_augment():
 
 # ----------------------------------------------------------------------------- datasets
 def test_train_and_test_images(tmp_path):
-    c = _mvtec_tree(tmp_path, "bottle")
+    _mvtec_tree(tmp_path, "bottle")
     s = mvtec_split(tmp_path, "bottle")
     a, b = TrainImages(s.train, 8, cache=True), TrainImages(s.train, 8, cache=False)
     assert len(a) == 3 and torch.equal(a[1], b[1]) and torch.equal(a[1], a[1])

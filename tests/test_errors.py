@@ -1,6 +1,5 @@
 """Bad input, faults and interruptions (issue #14): a clear one-line message and exit code 2 every
 time, nothing lost, nothing stuck; checkpoints never execute code when loaded (issue #13)."""
-import csv
 import json
 import os
 import shutil
@@ -187,7 +186,7 @@ def test_evaluate_json_is_strict_too(trained, toy_root, tmp_path):
     assert _strict_json(tmp_path / "m.json")["DeSTSeg"]["image_auroc"] is None
 
 
-def test_failed_reevaluation_leaves_nothing_looking_current(trained, toy_root, tmp_path, capsys):
+def test_failed_reevaluation_leaves_the_last_complete_one(trained, toy_root, tmp_path, capsys):
     data = _toy_copy(toy_root, tmp_path / "toy")
     out = _out_with_model(tmp_path, trained)
     args = ["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]
@@ -199,10 +198,11 @@ def test_failed_reevaluation_leaves_nothing_looking_current(trained, toy_root, t
     img.write_bytes(img.read_bytes()[:100])  # the test data broke since
     assert main(args) == 2
     assert str(img) in capsys.readouterr().err
-    for name in ("metrics.json", "per_defect.csv", "per_image.csv", "figures/curves.png"):
-        assert not (out / name).exists(), name  # nothing that looks like this run's result ...
-    assert (out / "metrics.previous.json").read_text() == first  # ... and nothing lost
-    assert (out / "figures" / "curves.previous.png").is_file()
+    # transactional: the failed evaluation swapped nothing in, the last complete one is as it was
+    assert (out / "metrics.json").read_text() == first
+    for name in ("per_defect.csv", "per_image.csv", "figures/curves.png"):
+        assert (out / name).is_file(), name
+    assert not [p for p in out.rglob("*") if ".previous" in p.name or p.name.startswith(".incoming-")]
 
 
 # ------------------------------------------------------------------ item 7: file modes

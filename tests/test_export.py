@@ -23,7 +23,7 @@ def test_onnx_equals_pytorch(tmp_path, over):
     torch.manual_seed(0)
     cfg = get_preset("ci", **over)
     model = DeSTSeg.from_config(cfg, teacher_weights="checkpoint").eval()
-    ckpt = make_checkpoint(model, cfg)
+    ckpt = make_checkpoint(model, cfg, finished=True)
     ckpt["thresholds"] = {"image": 0.25, "pixel": 0.5, "rule": "best_f1"}
     atomic_torch_save(ckpt, tmp_path / "m.pt")
     path = export_checkpoint(tmp_path / "m.pt", tmp_path / "m.onnx")
