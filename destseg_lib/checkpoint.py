@@ -198,7 +198,10 @@ def _first_line(e: BaseException) -> str:
     pick = [ln for ln in lines if "Unsupported" in ln] or [
         ln for ln in lines if not ln.startswith(("Weights only load failed", "Please file", "Check the doc"))]
     line = (pick or lines or [type(e).__name__])[0]
-    return line if len(line) <= 300 else line[:297] + "..."
+    if len(line) <= 300:
+        return line
+    cut = line.rfind(". ", 0, 300)  # whole sentences only: never a message cut mid-sentence
+    return line[:cut + 1] if cut > 0 else line[:line.rfind(" ", 0, 297)] + " ..."
 
 
 def load_model(path, device="cpu", *, allow_unfinished: bool = False) -> tuple[DeSTSeg, dict]:

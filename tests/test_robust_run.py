@@ -343,6 +343,8 @@ def test_18_truncated_checkpoint_message_is_whole(trained, tmp_path, capsys, toy
     assert _evaluate(tmp_path / "cut.pt", toy_root) == 2
     line = _error_line(capsys)
     assert str(tmp_path / "cut.pt") in line and line.endswith("retrain or restore it")
+    reason = line.split(" cannot be read (", 1)[1].rsplit(");", 1)[0]
+    assert reason.endswith((".", " ...")), reason  # whole sentences (torch's first sentence), not cut mid-word
 
 
 def test_18_download_to_an_unwritable_target_is_one_line(tmp_path):
