@@ -155,7 +155,10 @@ def cmd_evaluate(args) -> int:
     where = f"{es} x {es}" if isinstance(es, int) else "each image's native size"
     print(f"(percent; pixel metrics at {where})")
     if args.json:
-        write_json(args.json, {name: {**res, "eval_size": cfg.resolved_eval_size} for name, res in results.items()})
+        extra = {"eval_size": cfg.resolved_eval_size}
+        if not ckpt.get("finished", True):  # --allow-unfinished: the file says so too
+            extra["unfinished_checkpoint"] = f"{args.checkpoint} (step {ckpt.get('step')})"
+        write_json(args.json, {name: {**res, **extra} for name, res in results.items()})
     return 0
 
 

@@ -33,7 +33,10 @@ def output_error(path, e: BaseException) -> OutputError:
     """A one-line :class:`OutputError` for a failed write of ``path`` (``e``: the OSError, or
     torch's RuntimeError for a failed ``torch.save``)."""
     code = getattr(e, "errno", None)
-    if code is None and isinstance(e, RuntimeError) and "write" in str(e).lower():
+    if code is None and " requested and " in str(e) and " written" in str(e):
+        # numpy's tofile / np.save on a short write ("65536 requested and 62432 written"): a full disk
+        what = "the disk is full (a short write: no space left on the device): free some space or pass another --out"
+    elif code is None and isinstance(e, RuntimeError) and "write" in str(e).lower():
         # torch.save's stream writer drops the errno: the usual cause is a full disk
         what = "the write failed (usually: no space left on the device): free some space or pass another --out"
     else:

@@ -363,6 +363,20 @@ def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume
       seconds), e.g. to draw a live loss curve.
     """
     remove_stale_temporaries(out_dir)  # e.g. checkpoints/last.pt.<random>.tmp of a write that was killed
+    out_dir = Path(out_dir)
+    new_folders = [f for f in (out_dir, out_dir / "checkpoints") if not f.exists()]
+    try:
+        return _train(cfg, split, out_dir, device, resume, progress, stop_after, callback)
+    except BaseException:  # a run that fails before its first checkpoint leaves no empty folders
+        for folder in reversed(new_folders):
+            try:
+                folder.rmdir()  # only when empty
+            except OSError:
+                pass
+        raise
+
+
+def _train(cfg, split, out_dir, device, resume, progress, stop_after, callback) -> TrainResult:
     cfg.validate()
     validate_split(split, require_test=False)  # every image and mask, before any training step
     device = torch.device(device)

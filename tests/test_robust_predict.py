@@ -348,3 +348,11 @@ def test_interrupted_predict_keeps_its_rows_and_resumes(tmp_path, model_pt, caps
     assert main(args + ["--resume"]) == 0
     assert "2 kept" in capsys.readouterr().out and (cli_out / "1_overlay.png").is_file()
     assert len(_rows(cli_out)) == 3
+
+
+def test_a_short_write_without_errno_reads_as_a_full_disk(tmp_path):
+    """numpy's np.save on a full disk raises OSError("65536 requested and 62432 written"), no errno."""
+    from destseg_lib.files import output_error
+
+    e = output_error(tmp_path / "x_map.npy", OSError("65536 requested and 62432 written"))
+    assert str(tmp_path / "x_map.npy") in str(e) and "disk is full" in str(e)

@@ -118,14 +118,17 @@ def test_5_existing_run_of_another_dataset_is_not_reused(trained, toy_root, tmp_
 
 # ------------------------------------------------------------------ 6: an unfinished run's checkpoint
 @pytest.mark.slow
-def test_6_unfinished_checkpoint_is_refused_by_evaluate_unless_allowed(trained, toy_root, capsys):
+def test_6_unfinished_checkpoint_is_refused_by_evaluate_unless_allowed(trained, toy_root, capsys, tmp_path):
     model, last = trained
     assert read_checkpoint(model)["finished"] is True and read_checkpoint(last)["finished"] is False
     assert _evaluate(last, toy_root) == 2
     line = _error_line(capsys)
     assert "unfinished training run (step 7)" in line and "--allow-unfinished" in line
-    assert _evaluate(last, toy_root, "--allow-unfinished") == 0
+    assert _evaluate(last, toy_root, "--allow-unfinished", "--json", str(tmp_path / "m.json")) == 0
     assert "UNFINISHED" in capsys.readouterr().err
+    import json
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert all("step 7" in res["unfinished_checkpoint"] for res in saved.values())  # the file says so too
     with pytest.raises(CheckpointError, match="unfinished"):
         load_model(last)
     assert load_model(last, allow_unfinished=True)[1]["step"] == 7
@@ -186,6 +189,7 @@ def test_11_disk_full_while_saving_a_checkpoint_is_one_line(toy_root, tmp_path, 
     line = _error_line(capsys)
     assert code == 2 and str(out / "checkpoints" / "last.pt") in line and "no space left" in line
     assert not [p for p in out.rglob("*.tmp")]  # no truncated file left behind
+    assert not out.exists()  # 18: nor the empty run folder and checkpoints/ it made
 
 
 def test_11_os_errors_of_a_write_name_the_file(tmp_path, monkeypatch):
@@ -220,6 +224,7 @@ def test_11_a_really_full_disk_while_training(toy_root, small_tmpfs, capsys):
     line = _error_line(capsys)
     assert code == 2 and "cannot write" in line and str(out) in line
     assert not [p for p in small_tmpfs.rglob("*") if p.is_file()]  # nothing truncated left
+    assert not out.exists()  # no empty run folder either
 
 
 def test_11_config_json_is_written_atomically(tmp_path, monkeypatch):
