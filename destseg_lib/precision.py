@@ -101,6 +101,8 @@ def describe_precision(amp: str, device="cpu", flags=None) -> str:
             "this CPU has no native BF16 (no avx512_bf16 / amx_bf16 flag)"
         if precision == "bf16" and not native:
             why += ": bf16 is emulated (slow)"
+        elif precision == "float32" and native and amp != "auto":
+            why += ": --set amp=auto would train in bf16 (faster, not yet the presets' default)"
     else:
         why = f"{kind} device"
     return f"precision: {precision} (amp={amp!r}; {why})"
