@@ -104,7 +104,7 @@ def cmd_run(args, evaluate: bool = True) -> int:
     print()
     print(format_table(report.results))
     print(f"\n(percent; {int(report.preds.labels.sum())} anomalous / {len(report.preds.labels)} test images; "
-          f"total {time.perf_counter() - t0:.0f} s)")
+          f"pixel metrics at {_eval_size_words(cfg)}; total {time.perf_counter() - t0:.0f} s)")
     print(_summary(out, report.files or []))
     return 0
 
@@ -151,15 +151,18 @@ def cmd_evaluate(args) -> int:
         preds, _ = add_baseline(preds, model, cfg, split.train, test_set)
     results = evaluate_predictions(preds)
     print(format_table(results))
-    es = cfg.resolved_eval_size
-    where = f"{es} x {es}" if isinstance(es, int) else "each image's native size"
-    print(f"(percent; pixel metrics at {where})")
+    print(f"(percent; pixel metrics at {_eval_size_words(cfg)})")
     if args.json:
         extra = {"eval_size": cfg.resolved_eval_size}
         if not ckpt.get("finished", True):  # --allow-unfinished: the file says so too
             extra["unfinished_checkpoint"] = f"{args.checkpoint} (step {ckpt.get('step')})"
         write_json(args.json, {name: {**res, **extra} for name, res in results.items()})
     return 0
+
+
+def _eval_size_words(cfg) -> str:
+    es = cfg.resolved_eval_size
+    return f"{es} x {es}" if isinstance(es, int) else "each image's native size"
 
 
 def cmd_predict(args) -> int:
