@@ -25,7 +25,7 @@ import torch
 
 from .config import DeSTSegConfig
 from .errors import CheckpointError
-from .files import atomic_write, atomic_write_text  # noqa: F401  (the kit's one atomic writer)
+from .files import atomic_write
 from .models import DeSTSeg
 
 # The checkpoint format: "destseg-kit/2" adds ``finished`` (a final model, or a training checkpoint

@@ -21,10 +21,11 @@ import numpy as np
 import torch
 
 from . import metrics
-from .checkpoint import atomic_torch_save, atomic_write_text, load_model, read_checkpoint
+from .checkpoint import atomic_torch_save, load_model, read_checkpoint
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
 from .errors import ConfigError, DataError
+from .files import atomic_write_text
 from .baseline import BASELINE_NAME, add_baseline
 from .infer import Predictions, predict_dataset
 from .precision import resolve_precision
