@@ -128,6 +128,7 @@ def cmd_evaluate(args) -> int:
     from .data import TestImages, validate_split
     from .experiment import evaluate_predictions, format_table, open_split, write_json
     from .infer import predict_dataset
+    from .precision import resolve_precision
     from .thresholds import validation_of, validation_split
 
     device = _device(args.device)
@@ -144,7 +145,8 @@ def cmd_evaluate(args) -> int:
         print(f"evaluating {len(test)} of {len(split.test)} test images: the other {len(val)} are the "
               f"validation split its thresholds were chosen on (val_fraction={val_fraction}, val_seed={val_seed})")
     test_set = TestImages.for_config(test, cfg)
-    preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t)
+    precision = resolve_precision(cfg.amp, device)  # the precision cfg.amp gives on this device
+    preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t, precision=precision)
     if cfg.baseline:  # the training-free yardstick, from the checkpoint's own teacher (baseline.py)
         from .baseline import add_baseline
 
@@ -153,7 +155,8 @@ def cmd_evaluate(args) -> int:
     print(format_table(results))
     print(f"(percent; pixel metrics at {_eval_size_words(cfg)})")
     if args.json:
-        extra = {"eval_size": cfg.resolved_eval_size}
+        extra = {"eval_size": cfg.resolved_eval_size, "precision": precision,
+                 "train_precision": ckpt.get("precision")}
         if not ckpt.get("finished", True):  # --allow-unfinished: the file says so too
             extra["unfinished_checkpoint"] = f"{args.checkpoint} (step {ckpt.get('step')})"
         write_json(args.json, {name: {**res, **extra} for name, res in results.items()})

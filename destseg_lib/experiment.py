@@ -255,13 +255,16 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     # this evaluation's files are written here and swapped in at the end (see EVAL_OUTPUTS)
     staging = out_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
     val_samples, test_samples = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
+    # inference in the precision that cfg.amp gives on this device (the paper's: float32)
+    precision = resolve_precision(cfg.amp, device)
     thresholds = {}
     if val_samples:  # thresholds chosen on the held-out part, metrics reported on the rest
-        val_preds = predict_dataset(model, TestImages.for_config(val_samples, cfg),
-                                    device=device, top_t=cfg.top_t, progress=progress)
+        val_preds = predict_dataset(model, TestImages.for_config(val_samples, cfg), device=device,
+                                    top_t=cfg.top_t, progress=progress, precision=precision)
         thresholds = validated_thresholds(val_preds, cfg, split.name)
     test_set = TestImages.for_config(test_samples, cfg)
-    preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t, progress=progress)
+    preds = predict_dataset(model, test_set, device=device, top_t=cfg.top_t, progress=progress,
+                            precision=precision)
     baseline_info = None
     if cfg.baseline:  # the training-free yardstick beside DeSTSeg and DeST (baseline.py)
         preds, baseline_info = add_baseline(preds, model, cfg, split.train, test_set, progress)
@@ -270,7 +273,9 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     meta = {"dataset": split.name, "n_train": len(split.train), "n_test": len(test_samples),
             "n_validation": len(val_samples), "config": cfg.to_dict(), "device": str(device),
             "eval_size": cfg.resolved_eval_size, **({"baseline": baseline_info} if baseline_info else {}),
-            "precision": resolve_precision(cfg.amp, device)}  # of training here (amp resolved for device)
+            # inference's precision here; training's as its checkpoint recorded it (another device
+            # may have trained it)
+            "precision": precision, "train_precision": _train_precision(out_dir / "model.pt")}
     if thresholds:
         meta["thresholds"] = thresholds
         maps, scores = method_outputs(preds, thresholds["method"])
@@ -295,6 +300,14 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
         raise
     files = _swap_in(staging, out_dir)
     return Report(results, breakdown, preds, model, test_set, out_dir, history, files)
+
+
+def _train_precision(path: Path) -> str | None:
+    """The precision a finished model was trained in, as its checkpoint records it (None: not recorded)."""
+    try:
+        return read_checkpoint(path).get("precision")
+    except (OSError, ValueError, RuntimeError):
+        return None
 
 
 def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: str = "") -> dict:

@@ -290,9 +290,11 @@ def train_or_load(ctx: NotebookContext, stage: int | None = None, every: int = 5
 def predictions(ctx: NotebookContext, model):
     """The test set at the config's size and the model's predictions on it: (test_set, preds)."""
     from .infer import predict_dataset
+    from .precision import resolve_precision
 
     test_set = ctx.test_set()
-    return test_set, predict_dataset(model, test_set, device=ctx.device, top_t=ctx.cfg.top_t, progress=False)
+    return test_set, predict_dataset(model, test_set, device=ctx.device, top_t=ctx.cfg.top_t, progress=False,
+                                     precision=resolve_precision(ctx.cfg.amp, ctx.device))
 
 
 # ================================================================================ data figures

@@ -189,3 +189,22 @@ def test_bf16_inference_is_close_to_float32(ci_cfg):
     for key in ("anomaly_map", "score"):
         assert float((fast[key] - ref[key]).abs().max()) < 1e-2, key
     assert float((fast["de_st_map"] - ref["de_st_map"]).abs().max()) < 0.05 * span
+
+
+def test_run_infers_in_the_configs_precision_and_records_both(ci_cfg, toy_split, tmp_path):
+    """experiment.run: inference follows cfg.amp on the evaluating device; metrics.json records the
+    inference precision and the training precision read from the checkpoint, which may differ (a bf16
+    model evaluated with amp="off" infers in float32: other scores, the same checkpoint)."""
+    import json
+
+    from destseg_lib.experiment import run
+
+    cfg = ci_cfg.replace(student_steps=2, seg_steps=2, checkpoint_every=2, baseline=False)
+    low = run(cfg.replace(amp="bf16"), toy_split, tmp_path, progress=False, figures=False)
+    meta = json.loads((tmp_path / "metrics.json").read_text())
+    assert (meta["precision"], meta["train_precision"]) == ("bf16", "bf16")
+    ref = run(cfg.replace(amp="off"), toy_split, tmp_path, progress=False, figures=False)  # loads, no training
+    meta = json.loads((tmp_path / "metrics.json").read_text())
+    assert (meta["precision"], meta["train_precision"]) == ("float32", "bf16")
+    assert not np.array_equal(low.preds.scores, ref.preds.scores)  # bf16 inference really ran
+    assert np.allclose(low.preds.scores, ref.preds.scores, rtol=0.05, atol=1e-2)
