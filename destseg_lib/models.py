@@ -386,7 +386,12 @@ class SegmentationNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fusion is not None:
             x = self.fusion(x)
-        return torch.sigmoid(self.head(self.res(x)))
+        features = self.head[:-1](self.res(x))
+        # the last 1x1 conv and the sigmoid in float32 even under bf16 autocast: bf16 logits (8-bit
+        # mantissa) would tie many pixels of the map, and pixel AUROC / AP rank pixels.  A no-op in
+        # float32 (the same operations); the conv costs width multiply-adds per pixel.
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            return torch.sigmoid(self.head[-1](features.float()))
 
 
 def cosine_distance_maps(t_feats, s_feats) -> list[torch.Tensor]:
