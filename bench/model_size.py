@@ -14,7 +14,7 @@ import warnings
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from destseg_lib.config import VARIANTS, get_preset
+from destseg_lib.config import ARCHITECTURES, VARIANTS, get_preset
 from destseg_lib.models import DeSTSeg
 
 
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     rows = []
     for teacher in ("resnet18", "efficientnet_lite0"):
-        for variant, over in VARIANTS.items():
+        for variant, over in ((v, VARIANTS[v]) for v in ARCHITECTURES):
             cfg = get_preset("paper", teacher=teacher, seg_width=args.seg_width,
                              teacher_weights=None if teacher == "resnet18" else "imagenet", **over)
             with warnings.catch_warnings():

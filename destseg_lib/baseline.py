@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .data import TestImages, TrainImages
-from .infer import _shape_batches, stack_if_same
+from .infer import shape_batches, stack_if_same
 
 __all__ = ["BASELINE_NAME", "LEVELS", "NearestNeighbourBaseline", "add_baseline", "nearest_distances",
            "patch_features", "sample_bank_indices"]
@@ -151,7 +151,7 @@ class NearestNeighbourBaseline:
         offsets = np.concatenate([[0], np.cumsum(counts)])
         chosen = sample_bank_indices(int(offsets[-1]), self.bank_size, self.seed)
         bank = None
-        batches = _shape_batches(images, batch_size)
+        batches = shape_batches(images, batch_size)
         for idx in tqdm(batches, desc="baseline bank", disable=not progress, unit="batch"):
             feats = self.features(torch.stack([images[i] for i in idx]))
             c = feats.shape[1]
@@ -190,7 +190,7 @@ class NearestNeighbourBaseline:
         t0 = time.perf_counter()
         n = len(dataset)
         maps, scores = [None] * n, np.zeros(n, dtype=np.float32)
-        for idx in tqdm(_shape_batches(dataset, batch_size), desc="baseline", disable=not progress, unit="batch"):
+        for idx in tqdm(shape_batches(dataset, batch_size), desc="baseline", disable=not progress, unit="batch"):
             out = self.score(torch.stack([dataset[i]["image"] for i in idx]))
             m, s = out["map"].cpu().numpy(), out["score"].cpu().numpy()
             for j, i in enumerate(idx):

@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("reproduce", help="a batch: datasets/categories x seeds x variants -> the paper's tables",
                        description="Run a reproduction grid (resumable; one record per run), then write results.csv, "
-                       "summary.csv/.md, figures and REPORT.md.  See destseg_lib/reproduce.py and the README.")
+                       "summary.csv/.md, figures and REPORT.md.  See destseg_lib/reproduce/ and the README.")
     _reproduce_arguments(p)
     parser.add_argument("--debug", action="store_true", help="show the full traceback on errors")
     for sp in sub.choices.values():  # also accepted after the subcommand (destseg demo --debug)

@@ -435,13 +435,48 @@ def _coerce_fields(cfg) -> None:
             object.__setattr__(cfg, name, new)
 
 
-# Named model variants: config overrides on top of any preset (the reproduction batch uses them too).
+# Named variants: config overrides on top of any preset -- the paper's ablations (Tables 4-6) and
+# PFADSeg.  The one registry: ``destseg reproduce --variants``, the benches and the tests read it.
 VARIANTS: dict[str, dict] = {
-    "destseg": {},
+    "destseg": {},  # the paper's DeSTSeg (Table 4 row 8 = Table 5 "w/ L1" = Table 6 "DeSTSeg")
+    "dest_only": {"segmentation": False},  # Table 4 row 5 (den+ed): DeST, no segmentation net
+    "no_den": {"denoising": False},  # Table 4 row 7 (ed+seg)
+    "no_ed": {"student_arch": "plain"},  # Table 4 row 6 (den+seg)
+    "no_l1": {"l1_loss": False},  # Table 5 "w/o L1 loss"
+    "t4_none": {"denoising": False, "student_arch": "plain", "segmentation": False},  # Table 4 row 1
+    "t4_den": {"student_arch": "plain", "segmentation": False},  # Table 4 row 2
+    "t4_ed": {"denoising": False, "segmentation": False},  # Table 4 row 3
+    "t4_seg": {"denoising": False, "student_arch": "plain"},  # Table 4 row 4
+    "concat_input": {"seg_input": "concat"},  # Table 6 "concatenated-ST input"
+    "cosine_input": {"seg_input": "cosine"},  # Table 6 "cosine-distance input"
     # PFADSeg (Song et al., 2025), as far as its abstract specifies it: teacher-encoder / student-decoder
     # denoising with multi-scale fusion, adaptive feature fusion before the segmentation net
     "pfadseg": {"student_arch": "teacher_decoder", "seg_fusion": "adaptive"},
 }
+VARIANT_HELP = {
+    "destseg": "the paper's DeSTSeg (T4 #8, T5 w/ L1, T6 product)",
+    "dest_only": "DeST only: segmentation net off (T4 #5 den+ed)",
+    "no_den": "student sees the clean image (T4 #7 ed+seg)",
+    "no_ed": "plain ResNet18 student (T4 #6 den+seg)",
+    "no_l1": "segmentation loss without L1 (T5 w/o L1)",
+    "t4_none": "vanilla S-T (T4 #1)",
+    "t4_den": "denoising only (T4 #2)",
+    "t4_ed": "encoder-decoder only (T4 #3)",
+    "t4_seg": "segmentation net on a vanilla S-T (T4 #4)",
+    "concat_input": "segmentation input: concatenated features (T6)",
+    "cosine_input": "segmentation input: cosine distances (T6)",
+    "pfadseg": "PFADSeg (Song et al. 2025): teacher-decoder student, adaptive fusion",
+}
+# Named groups of variants.
+VARIANT_GROUPS: dict[str, list[str]] = {
+    "table4": ["t4_none", "t4_den", "t4_ed", "t4_seg", "dest_only", "no_ed", "no_den", "destseg"],
+    "table5": ["no_l1", "destseg"],
+    "table6": ["concat_input", "cosine_input", "destseg"],
+    "ablations": ["destseg", "dest_only", "no_den", "no_ed", "no_l1"],
+    "paper": ["destseg"],
+}
+# Variants with their own networks (the others change training or the input of the same networks).
+ARCHITECTURES = ("destseg", "pfadseg")
 
 # The quick preset's fidelity options (the kit's earlier choices, measured best at the quick budget on
 # MTD; rotation_fill is left official: MTD has no rotation, so it was not measured).

@@ -70,14 +70,14 @@ class DatasetSplit:
 
 
 # ----------------------------------------------------------------------------- listing
-def _is_image(p: Path) -> bool:
+def is_image_file(p: Path) -> bool:
     return (p.is_file() and not p.name.startswith(".")
             and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def _list_images(folder: Path) -> list[Path]:
     """Image files directly in ``folder`` (hidden files such as macOS ``._x.png`` skipped)."""
-    return sorted(p for p in folder.iterdir() if _is_image(p))
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
 def _list_dirs(folder: Path) -> list[Path]:
@@ -352,7 +352,7 @@ def read_mask(path, expected_hw: tuple[int, int] | None = None, *,
     return m
 
 
-def _image_hw(path) -> tuple[int, int]:
+def image_hw(path) -> tuple[int, int]:
     try:
         with Image.open(path) as im:
             return im.size[1], im.size[0]
@@ -499,7 +499,7 @@ class _Sized:
         """(H, W) of the image file, read from its header."""
         i = int(i)
         if i not in self._sizes:
-            self._sizes[i] = _image_hw(self.samples[i].path)
+            self._sizes[i] = image_hw(self.samples[i].path)
         return tuple(self._sizes[i])
 
     def size_groups(self) -> dict[tuple[int, int], list[int]]:

@@ -10,7 +10,6 @@ nothing that looks like its result, and nothing is lost.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -25,7 +24,7 @@ from .checkpoint import atomic_torch_save, load_model, read_checkpoint
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
 from .errors import ConfigError, DataError
-from .files import atomic_write_text
+from .files import atomic_write_text, write_csv
 from .baseline import BASELINE_NAME, add_baseline
 from .infer import Predictions, predict_dataset
 from .precision import resolve_precision
@@ -117,19 +116,6 @@ def format_table(results: dict, keys=TABLE_KEYS) -> str:
                         for k in keys)
         lines.append(f"{name:<{first}}{cells}")
     return "\n".join(lines)
-
-
-def _write_csv(rows: list[dict], path: Path) -> Path | None:
-    """Write ``rows`` (atomically); nothing, and None, when there are no rows."""
-    if not rows:
-        return None
-    import io
-
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())
 
 
 def json_safe(obj):
@@ -283,8 +269,8 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
                                                    thresholds["image"], thresholds["pixel"])
     try:
         write_json(staging / "metrics.json", {"results": results, **meta})
-        _write_csv(breakdown, staging / "per_defect.csv")
-        _write_csv([{"path": p, "defect_type": t, "label": int(l), "score": float(s),
+        write_csv(breakdown, staging / "per_defect.csv")
+        write_csv([{"path": p, "defect_type": t, "label": int(l), "score": float(s),
                      "de_st_score": float(d),
                      **({} if preds.baseline_scores is None else {"baseline_score": float(preds.baseline_scores[k])})}
                     for k, (p, t, l, s, d) in enumerate(zip(preds.paths, preds.defect_types, preds.labels,

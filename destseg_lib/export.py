@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .errors import DestSegError, OutputError
-from .files import output_error
+from .files import atomic_write_file
 from .fast import OUTPUT_NAMES, InferenceGraph, fold_batchnorm
 
 OPSET = 18
@@ -62,8 +62,6 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
     path = Path(path)
     graph = InferenceGraph(fold_batchnorm(model).cpu(), top_t).eval()
     example = torch.rand(2, 3, image_size, image_size)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     names = dict(input_names=["images"], output_names=list(OUTPUT_NAMES))
     # any_size (aspect="keep" models): height and width are free too, multiples of 16
     dims = {0: torch.export.Dim("batch", min=1, max=4096)}
@@ -75,7 +73,8 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
     legacy_axes = {"images": {0: "batch", **({2: "height", 3: "width"} if any_size else {})},
                    **{n: {0: "batch", **({1: "height", 2: "width"} if any_size and n.endswith("_map") else {})}
                       for n in OUTPUT_NAMES}}
-    try:
+
+    def write_to(tmp: Path) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             try:
@@ -95,16 +94,14 @@ def export_onnx(model, path, image_size: int, top_t: int = 100, metadata: dict |
             entry.key, entry.value = str(key), value if isinstance(value, str) else json.dumps(value)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(tmp))
-        os.replace(tmp, path)
+
+    try:
+        atomic_write_file(path, write_to)
     except (ExportError, OutputError):
         raise
-    except OSError as e:
-        raise output_error(path, e) from None
     except Exception as e:
         raise ExportError(f"ONNX export to {path} failed ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else ''})") from e
-    finally:
-        Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -62,6 +62,29 @@ def _open_temp(path: Path):
 def atomic_write(path, write) -> Path:
     """Call ``write(binary_file)`` on a temporary file next to ``path``, fsync, then rename it over
     ``path`` (see the module docstring).  OS errors are :class:`OutputError` naming ``path``."""
+    def write_named(tmp: Path, fd: int) -> None:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+
+    return _atomic(path, write_named)
+
+
+def atomic_write_file(path, write_to) -> Path:
+    """:func:`atomic_write` for writers that take a file name (``onnx.save``, an exporter):
+    ``write_to(tmp_path)`` writes the temporary file next to ``path``, which is then fsync'ed and
+    renamed over ``path``; on any error the temporary file is removed."""
+    def write_named(tmp: Path, fd: int) -> None:
+        os.close(fd)
+        write_to(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+
+    return _atomic(path, write_named)
+
+
+def _atomic(path, write_named) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,10 +92,7 @@ def atomic_write(path, write) -> Path:
         raise output_error(path.parent, e) from None
     tmp, fd = _open_temp(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        write_named(tmp, fd)
         os.replace(tmp, path)
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
@@ -105,3 +125,22 @@ def atomic_write_text(path, text: str) -> Path:
 
 def atomic_write_bytes(path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
+
+
+def write_csv(rows: list[dict], path, digits: int | None = None) -> Path:
+    """The kit's one CSV writer: ``rows`` (dicts; the first row's keys are the columns) written
+    atomically.  Undefined numbers (NaN, infinite) are empty cells, as CSV readers expect a missing
+    value (pandas reads them back as NaN); ``digits`` rounds floats.  No rows: an empty file."""
+    import csv
+    import io
+    import math
+
+    buf = io.StringIO(newline="")
+    if rows:
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if isinstance(v, float) and not math.isfinite(v) else
+                            round(v, digits) if isinstance(v, float) and digits is not None else v)
+                        for k, v in r.items()})
+    return atomic_write_text(path, buf.getvalue())

@@ -164,7 +164,7 @@ def stack_if_same(arrays: list):
     return list(arrays)
 
 
-def _shape_batches(dataset, batch_size: int) -> list[list[int]]:
+def shape_batches(dataset, batch_size: int) -> list[list[int]]:
     """Index batches of at most ``batch_size`` items of one input size each (one group for square
     inputs), in index order within each size."""
     groups = dataset.size_groups() if hasattr(dataset, "size_groups") else {None: list(range(len(dataset)))}
@@ -177,7 +177,7 @@ def predict_dataset(model: DeSTSeg, dataset, device="cpu", batch_size: int = 16,
     """Run the model over a :class:`~destseg_lib.data.TestImages` and collect maps, scores and masks
     (in the dataset's order; images of different sizes are batched by size).  ``precision``: see
     :func:`predict` (maps and scores are float32 arrays either way)."""
-    batches = _shape_batches(dataset, batch_size)
+    batches = shape_batches(dataset, batch_size)
     loader = torch.utils.data.DataLoader(dataset, batch_sampler=batches, num_workers=num_workers)
     model.eval()
     keys = ("anomaly_map", "score", "de_st_map", "de_st_score")

@@ -301,7 +301,7 @@ def predictions(ctx: NotebookContext, model):
 def dataset_stats(split) -> list[dict]:
     """One row per (part, defect type): image count, native sizes, and the defect area as a
     fraction of the image (mean / min / max over that type's masks), at native resolution."""
-    from .data import _image_hw, read_mask
+    from .data import image_hw, read_mask
 
     groups: dict[tuple, list] = {}
     for part, samples in (("train", split.train), ("test", split.test)):
@@ -309,7 +309,7 @@ def dataset_stats(split) -> list[dict]:
             groups.setdefault((part, s.defect_type), []).append(s)
     rows = []
     for (part, kind), samples in groups.items():
-        sizes = sorted({_image_hw(s.path) for s in samples})
+        sizes = sorted({image_hw(s.path) for s in samples})
         fr = [float(read_mask(s.mask_path).mean()) for s in samples if s.mask_path]
         rows.append({"part": part, "type": kind, "images": len(samples),
                      "size (HxW)": ", ".join(f"{h}x{w}" for h, w in sizes[:3]) + (" ..." if len(sizes) > 3 else ""),
@@ -320,11 +320,11 @@ def dataset_stats(split) -> list[dict]:
 
 def defective_pixel_fraction(split) -> tuple[int, int]:
     """(defective pixels, all pixels) over the test images, at native resolution."""
-    from .data import _image_hw, read_mask
+    from .data import image_hw, read_mask
 
     bad = total = 0
     for s in split.test:
-        h, w = _image_hw(s.path)
+        h, w = image_hw(s.path)
         total += h * w
         bad += int(read_mask(s.mask_path).sum()) if s.mask_path else 0
     return bad, total

@@ -74,7 +74,7 @@ import cv2
 import numpy as np
 import torch
 
-from .data import IMAGE_EXTENSIONS, _is_image, model_hw, read_image, resize_image
+from .data import IMAGE_EXTENSIONS, is_image_file, model_hw, read_image, resize_image
 from .errors import ConfigError, DataError, OutputError
 from .files import atomic_write, atomic_write_bytes, atomic_write_text, output_error
 
@@ -174,7 +174,7 @@ def collect_inputs(items) -> tuple[list[Path], list[tuple[str, str]]]:
             files.append(p)
         elif p.is_dir():
             errors: list[OSError] = []
-            found = sorted(q for q in walk_files(p, errors) if _is_image(q))
+            found = sorted(q for q in walk_files(p, errors) if is_image_file(q))
             for e in errors:
                 problems.append((str(getattr(e, "filename", None) or item),
                                  f"cannot list the folder ({e.strerror or e})"))

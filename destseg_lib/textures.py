@@ -20,11 +20,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .data import resize_array
+from .data import IMAGE_EXTENSIONS, is_image_file, resize_array
 from .errors import DestSegError
 from .synthesis import perlin_noise, rotate
-
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 class TextureError(DestSegError, ValueError):
@@ -118,7 +116,7 @@ class FolderTextures(_TextureSource):
             raise TextureError(f"texture folder {root} does not exist: pass a DTD-layout folder "
                                "(e.g. dtd/images, see data_download.sh) or texture_dir=None for the "
                                "built-in textures")
-        self.paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
+        self.paths = sorted(p for p in root.rglob("*") if is_image_file(p))  # hidden files (._x.jpg) skipped
         if not self.paths:
             raise TextureError(f"texture folder {root} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}): "
                                "point texture_dir at DTD's images/ folder or use texture_dir=None")

@@ -35,7 +35,7 @@ def _save(fig, path):
     return fig
 
 
-def _hwc(image) -> np.ndarray:
+def to_hwc(image) -> np.ndarray:
     """3xHxW tensor / HxWx3 array in [0, 1] -> HxWx3 float numpy array.  A shape that reads both
     ways (3 x W x 3: an image 1 or 3 px tall) is taken as CHW for a tensor, HWC for an array."""
     tensor = hasattr(image, "detach")
@@ -169,7 +169,7 @@ def overlay(image: np.ndarray, amap: np.ndarray, alpha: float = 0.5, vmax: float
     (default 0-1: a flat map of 0.48 stays a flat mid colour, it is not stretched)."""
     norm = np.clip((np.asarray(amap, float) - vmin) / max(vmax - vmin, 1e-8), 0, 1)
     heat = plt.get_cmap(ANOMALY_CMAP)(norm)[..., :3]
-    return (1 - alpha) * _hwc(image) + alpha * heat
+    return (1 - alpha) * to_hwc(image) + alpha * heat
 
 
 def plot_examples(dataset, preds, indices, path=None, title_fn=None):
@@ -179,7 +179,7 @@ def plot_examples(dataset, preds, indices, path=None, title_fn=None):
     vmin, vmax, label = map_range(preds)
     fig, axes = plt.subplots(len(indices), 4, figsize=(10.4, 2.5 * max(1, len(indices))), squeeze=False)
     for row, i in zip(axes, indices):
-        img = _hwc(dataset[i]["image"])
+        img = to_hwc(dataset[i]["image"])
         title = title_fn(i) if title_fn else f"{preds.defect_types[i]}  score {preds.scores[i]:.3f}"
         row[0].imshow(img)
         row[1].imshow(preds.masks[i], cmap="gray", vmin=0, vmax=1)
@@ -211,7 +211,7 @@ def plot_image_rows(rows: dict, titles=None, path=None, cmaps=None, size: float 
             if c >= len(rows[name]):
                 continue
             a = rows[name][c]
-            a = _hwc(a) if np.ndim(a) == 3 else _array(a)
+            a = to_hwc(a) if np.ndim(a) == 3 else _array(a)
             cmap = (cmaps or {}).get(name, "gray" if a.ndim == 2 else None)
             lim = (ranges or {}).get(name, (0, 1) if a.ndim == 2 and cmap == "gray" else None)
             last = ax.imshow(a, cmap=cmap, **({"vmin": lim[0], "vmax": lim[1]} if lim else {}))
@@ -239,7 +239,7 @@ def plot_distance_maps(clean, corrupted, masks, levels_clean, de_clean, levels_b
         for r, (img, lv, de, tag) in enumerate(((clean, levels_clean, de_clean, "clean"),
                                                (corrupted, levels_bad, de_bad, "corrupted"))):
             row = axes[2 * i + r]
-            row[0].imshow(_hwc(img[i]))
+            row[0].imshow(to_hwc(img[i]))
             row[0].set_title(f"{tag} input", fontsize=7)
             m = _array(masks[i, 0])
             if r == 1 and m.any():
@@ -263,7 +263,7 @@ def plot_segmentation_channels(image, mask, level_sums, channels, path=None):
     """The segmentation net's input (Eq. 2) for one image: per level the channel sum of
     -(T_hat * S_hat), which is minus the cosine similarity, on the fixed scale [-1, 1]."""
     fig, axes = plt.subplots(1, 2 + len(level_sums), figsize=(10.5, 2.2))
-    axes[0].imshow(_hwc(image))
+    axes[0].imshow(to_hwc(image))
     axes[0].set_title("input", fontsize=8)
     axes[1].imshow(_array(mask), cmap="gray", vmin=0, vmax=1)
     axes[1].set_title("synthetic mask", fontsize=8)
@@ -287,7 +287,7 @@ def plot_top_t(dataset, preds, index: int, t: int, path=None):
     top = np.zeros(amap.shape, bool)
     top.ravel()[np.argsort(-amap.ravel(), kind="stable")[:t]] = True
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.9), gridspec_kw={"width_ratios": [1, 1.15, 1.5]})
-    axes[0].imshow(_hwc(dataset[index]["image"]))
+    axes[0].imshow(to_hwc(dataset[index]["image"]))
     axes[0].contour(preds.masks[index], levels=[0.5], colors="c", linewidths=0.8)
     axes[0].set_title(f"{preds.defect_types[index]} (ground truth in cyan)", fontsize=8)
     im = axes[1].imshow(amap, cmap=ANOMALY_CMAP, vmin=vmin, vmax=vmax)
@@ -318,7 +318,7 @@ def plot_instances(dataset, preds, rows: list[dict], pixel_threshold: float, map
     fig, axes = plt.subplots(n, 4, figsize=(9.2, 2.2 * n), squeeze=False)
     for ax_row, r in zip(axes, rows):
         i = r["image"]
-        img = _hwc(dataset[i]["image"])
+        img = to_hwc(dataset[i]["image"])
         ax_row[0].imshow(img)
         ax_row[0].contour(r["region_mask"], levels=[0.5], colors="c", linewidths=1.2)
         ax_row[0].set_title(r.get("title", f"image {i}"), fontsize=7)

@@ -202,9 +202,9 @@ def perlin_explorer(image, textures=None, seed: int = 0, grayscale: bool = False
     w = _import_widgets()
     from .synthesis import blend_anomaly, perlin_noise, rotate
     from .textures import make_texture_source
-    from .viz import _hwc
+    from .viz import to_hwc
 
-    img = _hwc(image).astype(np.float32)
+    img = to_hwc(image).astype(np.float32)
     textures = textures if textures is not None else make_texture_source(None)
     style = {"description_width": "110px"}
     lay = w.Layout(width="330px")
@@ -274,7 +274,7 @@ def threshold_explorer(preds, test_set, method: str = "DeSTSeg", indices=None, t
     ``.suggest(target=None)`` and ``.figure()`` (a static matplotlib figure of the current state).
     """
     w = _import_widgets()
-    from .viz import _hwc, prediction_overlay
+    from .viz import to_hwc, prediction_overlay
 
     ops = OperatingPoints(preds, method)
     maps, scores = method_outputs(preds, method)
@@ -286,7 +286,7 @@ def threshold_explorer(preds, test_set, method: str = "DeSTSeg", indices=None, t
                 seen.add(preds.defect_types[i])
         indices += [int(i) for i in np.argsort(-scores, kind="stable") if preds.labels[i] == 0][:2]
     indices = [int(i) for i in indices]
-    images = {i: _hwc(test_set[i]["image"]) for i in indices}
+    images = {i: to_hwc(test_set[i]["image"]) for i in indices}
     if ops.region_thresholds.size and pixel_threshold is None:
         pixel_threshold = ops.threshold_for_instance_recall(target_recall)
     lo, hi = ops.map_range

@@ -14,28 +14,58 @@ import pytest
 
 PACKAGE = "destseg_lib"
 ROOT = Path(__file__).resolve().parents[1] / PACKAGE
-MODULES = sorted(p.stem for p in ROOT.glob("*.py"))
+
+
+def _module_name(path: Path) -> str:
+    """``destseg_lib/x.py`` -> "x"; ``destseg_lib/reproduce/grid.py`` -> "reproduce.grid";
+    ``destseg_lib/reproduce/__init__.py`` -> "reproduce"; the package's own ``__init__`` -> "__init__"."""
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+FILES = {_module_name(p): p for p in sorted(ROOT.rglob("*.py")) if p.name != "__main__.py"}
+MODULES = sorted(FILES)
+
+
+def _owner(dotted: str) -> str | None:
+    """The module of ``dotted`` (a module, or a name defined in one): its longest known prefix."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 0, -1):
+        if ".".join(parts[:n]) in FILES:
+            return ".".join(parts[:n])
+    return None
 
 
 def _imports(module: str) -> set[str]:
     """Package modules that ``module`` imports anywhere in its source (relative or absolute)."""
-    tree = ast.parse((ROOT / f"{module}.py").read_text(encoding="utf-8"))
+    path = FILES[module]
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    here = [] if module == "__init__" else module.split(".")
+    package = here if path.name == "__init__.py" else here[:-1]  # the package relative imports start from
     found = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level == 1 or base == PACKAGE or base.startswith(PACKAGE + "."):
-                base = base[len(PACKAGE):].lstrip(".") if node.level == 0 else base
-                if base:  # from .x import y / from destseg_lib.x import y
-                    found.add(base.split(".")[0])
-                else:  # from . import x, y / from destseg_lib import x, y (submodules or re-exports)
-                    found |= {a.name for a in node.names if a.name in MODULES}
+            if node.level:
+                base = package[:len(package) - (node.level - 1)] if node.level > 1 else package
+                base = base + (node.module.split(".") if node.module else [])
+            elif node.module == PACKAGE or (node.module or "").startswith(PACKAGE + "."):
+                base = node.module.split(".")[1:]
+            else:
+                continue
+            for alias in node.names:  # from .x import y: y may be a submodule of x, else a name in x
+                target = _owner(".".join(base + [alias.name])) or (_owner(".".join(base)) if base else None)
+                if target:
+                    found.add(target)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith(PACKAGE + "."):
-                    found.add(alias.name.split(".")[1])
+                    target = _owner(alias.name[len(PACKAGE) + 1:])
+                    if target:
+                        found.add(target)
     found.discard(module)
-    return {m for m in found if m in MODULES}
+    return found
 
 
 GRAPH = {m: _imports(m) for m in MODULES}
@@ -68,6 +98,9 @@ def test_the_scan_sees_function_local_imports():
     assert sum(isinstance(n, (ast.ImportFrom, ast.Import)) for n in ast.walk(tree)) == 3
     assert "train" in GRAPH["experiment"], "experiment imports train at the top level"
     assert "viz" in GRAPH["experiment"], "experiment imports viz inside a function (_figures)"
+    # modules of the reproduce package: their relative imports resolve to the library's modules
+    assert {"reproduce.grid", "reproduce.records"} <= GRAPH["reproduce.batch"], GRAPH["reproduce.batch"]
+    assert {"config", "paper"} <= GRAPH["reproduce.grid"], GRAPH["reproduce.grid"]
 
 
 def test_the_cycle_finder_finds_cycles():
