@@ -123,6 +123,14 @@ def test_batch_with_a_crashing_run_then_resume(two_categories, tmp_path):
     assert (out / "figures" / "categories.png").is_file()
     summary = (out / "summary.md").read_text()
     assert "part_a" in summary and "average" in summary and "dest_only" in summary
+    # the training-free baseline: one row per category and seed, the values of the first run's metrics.json
+    rows = reproduce.collect(out, grid)
+    base = [r for r in rows if r["variant"] == "nn_baseline"]
+    assert sorted(r["category"] for r in base) == ["part_a", "part_b"] and "nn_baseline" in summary
+    m = json.loads((out / "runs" / "mvtec-part_a" / "destseg" / "seed0" / "metrics.json").read_text())
+    got = next(r for r in base if r["category"] == "part_a")
+    assert math.isclose(got["pixel_ap"], 100 * m["results"]["NN-baseline"]["pixel_ap"])
+    assert not math.isclose(got["pixel_ap"], 100 * m["results"]["DeSTSeg"]["pixel_ap"])
     report = (out / "REPORT.md").read_text()
     assert "crash" in report and "failed" in report
     done_model = out / "runs" / "mvtec-part_b" / "destseg" / "seed0" / "model.pt"

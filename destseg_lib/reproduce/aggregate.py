@@ -8,7 +8,7 @@ from .. import paper
 from ..config import get_preset
 
 from .grid import KEYS, Grid, ReproduceError
-from .records import read_json, read_status, run_metrics
+from .records import read_json, read_status, run_results
 
 
 def _pct(v) -> float:
@@ -19,26 +19,43 @@ def _pct(v) -> float:
     return 100.0 * v if math.isfinite(v) else math.nan
 
 
+#: The pseudo-variant of the training-free yardstick's rows (``metrics.json`` "NN-baseline").
+BASELINE_VARIANT = "nn_baseline"
+BASELINE_METHOD = "NN-baseline"
+
+
 def collect(out_dir, grid: Grid | None = None) -> list[dict]:
     """One row per run of the grid (``grid.json`` of ``out_dir`` by default): identity, state,
-    seconds, error, and the run's metrics in percent (NaN where missing or undefined)."""
+    seconds, error, and the run's metrics in percent (NaN where missing or undefined).
+
+    Then, per dataset / category and seed, one row of variant ``nn_baseline``: the training-free
+    nearest-neighbour baseline (``baseline.py``) that the first finished run of that seed (in the
+    grid's variant order) scored beside its own method (the baseline uses only the frozen teacher
+    and the seed's memory bank, so every variant with the same teacher scores the same)."""
     out_dir = Path(out_dir)
     if grid is None:
         grid = load_grid(out_dir)
-    rows = []
+    rows, baseline_rows, seen = [], [], set()
     for s in grid.runs():
         d = out_dir / "runs" / s.key
         st = read_status(d)
-        res = run_metrics(d, s.to_dict()) if st.get("state") == "done" else None
+        results = run_results(d, s.to_dict()) if st.get("state") == "done" else None
+        res = results[s.method] if results else None
         state = st.get("state", "new")
         if state == "done" and res is None:
             state = "incomplete"  # status done, but metrics.json is missing or of another config
-        row = {"dataset": s.target.dataset, "category": s.target.category or "", "group": s.target.label,
-               "variant": s.variant.name, "seed": s.seed, "method": s.method, "state": state,
+        ident = {"dataset": s.target.dataset, "category": s.target.category or "", "group": s.target.label}
+        row = {**ident, "variant": s.variant.name, "seed": s.seed, "method": s.method, "state": state,
                "seconds": st.get("seconds", ""), "error": "" if state == "done" else st.get("error", "")}
         row.update({k: _pct(res.get(k)) if res else math.nan for k in KEYS})
         rows.append(row)
-    return rows
+        base = (results or {}).get(BASELINE_METHOD)
+        if isinstance(base, dict) and (s.target.label, s.seed) not in seen:
+            seen.add((s.target.label, s.seed))
+            baseline_rows.append({**ident, "variant": BASELINE_VARIANT, "seed": s.seed, "method": BASELINE_METHOD,
+                                  "state": "done", "seconds": "", "error": "",
+                                  **{k: _pct(base.get(k)) for k in KEYS}})
+    return rows + baseline_rows
 
 
 def load_grid(out_dir) -> Grid:

@@ -44,20 +44,26 @@ def config_mismatch(saved: dict, config: dict) -> list[str]:
     return config_differences(saved, DeSTSegConfig.from_dict(config), evaluation=True)
 
 
-def run_metrics(run_dir, spec: dict) -> dict | None:
-    """The run's metrics (``metrics.json`` ``results[method]``) when they belong to ``spec`` (same
-    config, the run's method present); else None."""
+def run_results(run_dir, spec: dict) -> dict | None:
+    """Every method's metrics of the run (``metrics.json`` ``results``: DeSTSeg, DeST, NN-baseline)
+    when they belong to ``spec`` (same config, the run's method present, taken at ``eval_size``);
+    else None."""
     m = read_json(Path(run_dir) / "metrics.json")
     if not isinstance(m, dict) or not isinstance(m.get("results"), dict):
         return None
-    res = m["results"].get(spec["method"])
-    if not isinstance(res, dict) or not isinstance(m.get("config"), dict):
+    if not isinstance(m["results"].get(spec["method"]), dict) or not isinstance(m.get("config"), dict):
         return None
     if config_mismatch(m["config"], spec["config"]):
         return None
     if "eval_size" not in m:  # computed before metrics were taken at eval_size: not comparable
         return None
-    return res
+    return m["results"]
+
+
+def run_metrics(run_dir, spec: dict) -> dict | None:
+    """The metrics of the run's own method (``results[method]``, see :func:`run_results`), or None."""
+    res = run_results(run_dir, spec)
+    return None if res is None else res[spec["method"]]
 
 
 def is_finished(run_dir, spec: dict) -> bool:

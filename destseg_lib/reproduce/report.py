@@ -9,7 +9,7 @@ from .. import paper
 from ..config import get_preset
 
 from ..files import atomic_write_text, write_csv
-from .aggregate import (ablation_comparison, collect, headline_groups, load_grid, ordering_check,
+from .aggregate import (BASELINE_VARIANT, ablation_comparison, collect, headline_groups, load_grid, ordering_check,
                         paper_comparison, summarize, variant_config)
 from .grid import KEY_LABELS, TABLE_KEYS, VARIANT_HELP, VARIANTS, Grid
 from .records import now, read_json
@@ -236,6 +236,7 @@ def write_outputs(out_dir, grid: Grid | None = None, meta: dict | None = None) -
 
 
 def _report_text(grid, meta, rows, summary_md, comparison, ablation, checks, figures) -> str:
+    rows = [r for r in rows if r["variant"] != BASELINE_VARIANT]  # the runs themselves
     states = {}
     for r in rows:
         states[r["state"]] = states.get(r["state"], 0) + 1
@@ -272,7 +273,9 @@ def _report_text(grid, meta, rows, summary_md, comparison, ablation, checks, fig
               "traceback, `log.txt` its output.", ""]
     L += ["## Results", "", "IAP step: the kit's step-wise IAP; IAP interp.: the precision interpolated "
           "(running maximum) as in the official code — the paper's Tables 3–6 report that one. "
-          "DeST-only runs (segmentation off) report the DeST map's numbers.", "", summary_md.replace("### ", "### "), ""]
+          "DeST-only runs (segmentation off) report the DeST map's numbers. `nn_baseline`: the "
+          "training-free nearest-neighbour baseline on the same frozen teacher (`baseline.py`), scored "
+          "by each seed's first run beside its own method.", "", summary_md.replace("### ", "### "), ""]
     if comparison:
         L += ["## Beside the paper (Tables 1–3, MVTec AD)", "",
               "Ours next to the paper's DeSTSeg (mean ± std over 5 seeds), like with like: the paper's IAP "
