@@ -10,27 +10,43 @@ from destseg_lib.cli import main
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    """One end-to-end `destseg demo --preset ci` run on a small toy dataset (shared by the tests)."""
+    """One end-to-end `destseg demo --preset ci` run on a small toy dataset, made here (each test
+    that uses it can run alone): (data root, run folder, what the command printed)."""
+    import contextlib
+    import io
+
     from destseg_lib.toy import make_toy_dataset
 
     tmp = tmp_path_factory.mktemp("cli")
     data = make_toy_dataset(tmp / "toy", n_train=8, n_test_good=4, n_per_defect=2, size=80)
     out = tmp / "run"
-    return data, out
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    return data, out, buf.getvalue()
 
 
-def test_demo_end_to_end_writes_numbers_and_figures(demo_run, capsys):
-    data, out = demo_run
-    assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
-    text = capsys.readouterr().out
+def test_demo_end_to_end_writes_numbers_and_figures(demo_run):
+    import csv
+
+    from sklearn.metrics import roc_auc_score
+
+    data, out, text = demo_run
     assert "image_auroc" in text and "DeSTSeg" in text and "DeST" in text
     metrics = json.loads((out / "metrics.json").read_text())
     res = metrics["results"]["DeSTSeg"]
-    assert 0.0 <= res["image_auroc"] <= 1.0 and res["n_images"] == 12
+    assert res["n_images"] == 12
     for f in ("model.pt", "train_log.csv", "per_image.csv", "per_defect.csv", "figures/losses.png",
               "figures/curves.png", "figures/examples.png"):
         assert (out / f).is_file(), f
-    import csv
+    # the image AUROC of metrics.json is sklearn's on the scores and labels of per_image.csv
+    images = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(images) == 12
+    labels = [int(r["label"]) for r in images]
+    assert res["image_auroc"] == pytest.approx(roc_auc_score(labels, [float(r["score"]) for r in images]), abs=1e-9)
+    assert metrics["results"]["DeST"]["image_auroc"] == pytest.approx(
+        roc_auc_score(labels, [float(r["de_st_score"]) for r in images]), abs=1e-9)
     rows = list(csv.DictReader(open(out / "per_defect.csv")))
     assert {r["defect_type"] for r in rows} == {"hole", "missing", "scratch", "stain"}
     assert all(r["n_defect_images"] == "2" and r["n_images"] == "6" for r in rows)  # 4 good + 2 defective
@@ -40,18 +56,21 @@ def test_demo_end_to_end_writes_numbers_and_figures(demo_run, capsys):
 
 
 def test_second_demo_loads_instead_of_training(demo_run, capsys):
-    data, out = demo_run
-    before = (out / "model.pt").stat().st_mtime_ns
+    from destseg_lib.checkpoint import read_checkpoint, weights_fingerprint
+
+    data, out, _ = demo_run
+    before = weights_fingerprint(read_checkpoint(out / "model.pt")["model"])
     log = (out / "train_log.csv").read_text()
+    first = json.loads((out / "metrics.json").read_text())["results"]
     assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
     assert (out / "train_log.csv").read_text() == log  # not retrained
-    first = json.loads((out / "metrics.json").read_text())["results"]
-    assert first["DeSTSeg"]["n_images"] == 12
-    assert (out / "model.pt").stat().st_mtime_ns >= before
+    assert weights_fingerprint(read_checkpoint(out / "model.pt")["model"]) == before  # the same weights
+    again = json.loads((out / "metrics.json").read_text())["results"]
+    assert again == first  # the same model on the same images: the same numbers
 
 
 def test_predict_scores_own_images(demo_run, tmp_path, capsys):
-    data, out = demo_run
+    data, out, _ = demo_run
     img = next((data / "toy_part" / "test" / "hole").glob("*.png"))
     gray = tmp_path / "gray.png"
     cv2.imwrite(str(gray), np.full((50, 70), 128, np.uint8))  # another size and mode work too
@@ -65,7 +84,7 @@ def test_predict_scores_own_images(demo_run, tmp_path, capsys):
 
 
 def test_evaluate_command(demo_run, tmp_path, capsys):
-    data, out = demo_run
+    data, out, _ = demo_run
     assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data-root", str(data),
                  "--device", "cpu", "--json", str(tmp_path / "m.json")]) == 0
     text = capsys.readouterr().out
@@ -89,7 +108,7 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
 
 
 def test_existing_model_with_another_config_is_refused(demo_run, capsys):
-    data, out = demo_run
+    data, out, _ = demo_run
     assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
     code = main(["demo", "--preset", "ci", "--set", "seg_steps=7", "--data-root", str(data), "--out", str(out),
                  "--device", "cpu"])

@@ -197,12 +197,34 @@ def test_l1_switch_changes_the_stage_two_loss(ci_cfg, l1):
         assert row["loss"] == pytest.approx(row["focal"], rel=1e-6) and row["l1"] > 0
 
 
+def test_the_same_config_builds_the_same_weights(ci_cfg):
+    """The control of the next test: building twice gives identical weights (seeded init)."""
+    sa, sb = build_model(ci_cfg).state_dict(), build_model(ci_cfg).state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 @pytest.mark.parametrize("field,value", [("aspp", "torchvision"), ("init", "pytorch"), ("student_arch", "plain"),
                                          ("seg_input", "concat")])
 def test_model_switches_change_the_graph_or_weights(ci_cfg, field, value):
-    a, b = build_model(ci_cfg), build_model(ci_cfg.replace(**{field: value}))
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() != sb.keys() or any(not torch.equal(sa[k], sb[k]) for k in sa)
+    """Each switch changes what it names, and only that: the ASPP's and the student's graphs (other
+    parameter names), the init of the student decoder and the segmentation net's residual blocks
+    (same names and shapes, other values; the pretrained teacher identical), the segmentation input
+    (the first conv of the segmentation net takes twice the channels)."""
+    sa, sb = build_model(ci_cfg).state_dict(), build_model(ci_cfg.replace(**{field: value})).state_dict()
+    if field == "aspp":
+        assert {k for k in sa if "head.0." in k} != {k for k in sb if "head.0." in k}
+        assert {k for k in sa if "head.0." not in k} == {k for k in sb if "head.0." not in k}
+    elif field == "student_arch":
+        assert {k for k in sa if k.startswith("student.")} != {k for k in sb if k.startswith("student.")}
+    elif field == "init":
+        assert sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape for k in sa)
+        changed = {k.split(".")[0] + "." + k.split(".")[1] for k in sa if not torch.equal(sa[k], sb[k])}
+        # the re-initialised parts differ (later inits draw other numbers too: the RNG stream moves on)
+        assert {"student.decoder", "segmentation.res"} <= changed, changed
+        assert all(torch.equal(sa[k], sb[k]) for k in sa if k.startswith("teacher."))  # pretrained, frozen
+    else:
+        first = next(k for k in sa if k.startswith("segmentation.res.") and k.endswith("weight") and sa[k].ndim == 4)
+        assert sb[first].shape[1] == 2 * sa[first].shape[1], (sa[first].shape, sb[first].shape)
 
 
 def test_training_step_raises_a_kit_error_when_the_loss_is_not_finite(ci_cfg):
