@@ -1,11 +1,17 @@
-"""Command line: ``destseg demo | train | run | evaluate | predict | export | reproduce``.
+"""Command line: ``destseg run | demo | train | evaluate | predict | export | reproduce``.
 
-    destseg demo                                  # quick preset on the embedded toy data, no download
-    destseg demo --dataset mvtec --data-root /data/mvtec_anomaly_detection --category bottle
-    destseg train --preset paper --dataset mvtec --data-root ... --category bottle --out runs/bottle
+    destseg demo                                  # = destseg run: quick preset on the embedded toy data
+    destseg run --dataset mvtec --data-root /data/mvtec_anomaly_detection --category bottle
+    destseg run --config runs/mvtec_bottle_quick/config.json --seed 1 --out runs/bottle_seed1  # repeat a run
+    destseg train --preset paper --device cuda --dataset mvtec --data-root ... --category bottle --out runs/bottle
     destseg evaluate --checkpoint runs/bottle/model.pt --dataset mvtec --data-root ... --category bottle
     destseg predict --checkpoint runs/bottle/model.pt --out maps/ img1.png folder/ 'more/**/*.png'
     destseg export --checkpoint runs/bottle/model.pt --out bottle.onnx
+
+``run`` trains (or loads the model already in ``--out``), evaluates and draws the figures; ``demo`` is
+the same command, the README's first; ``train`` only trains.  Their base config is ``--preset``
+(default quick) or ``--config FILE`` (a run's own ``config.json``, or YAML / JSON of config fields),
+with ``--set KEY=VALUE`` on top.
 
 Problems the user can fix (bad values, data, checkpoints, devices, unwritable outputs, a diverged
 training run) end in one line ``destseg: error: ...`` and exit code 2; ``--debug`` (or
@@ -21,6 +27,9 @@ from pathlib import Path
 
 from .config import PRESETS, TEACHERS
 from .errors import ConfigError, DestSegError, DeviceError
+
+#: The preset of run / demo / train without --preset or --config: minutes on a laptop CPU.
+DEFAULT_PRESET = "quick"
 
 
 def _device(name: str) -> str:
@@ -72,7 +81,7 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _config(args):
-    from .config import get_preset
+    from .config import DeSTSegConfig, get_preset
 
     over = _overrides(args.set)
     if args.teacher:
@@ -81,7 +90,12 @@ def _config(args):
         over["texture_dir"] = args.texture_dir
     if args.seed is not None:
         over["seed"] = args.seed
-    return get_preset(args.preset, **over)
+    if args.config:  # a run's config.json (or any YAML / JSON of fields): repeat or share a run
+        if args.preset:
+            raise ConfigError(f"--config {args.config} and --preset {args.preset}: the file is the whole config; "
+                              "pass one of them (change single fields with --set KEY=VALUE)")
+        return DeSTSegConfig.from_file(args.config).replace(**over)
+    return get_preset(args.preset or DEFAULT_PRESET, **over)
 
 
 def cmd_run(args, evaluate: bool = True) -> int:
@@ -236,15 +250,18 @@ def cmd_reproduce(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="destseg", description=__doc__,
+    parser = argparse.ArgumentParser(prog="destseg", description=_plain(__doc__),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, preset, help_ in (("demo", "quick", "train + evaluate (quick preset, toy data by default)"),
-                                ("train", "paper", "train only"),
-                                ("run", "paper", "train (or load) + evaluate + figures")):
-        p = sub.add_parser(name, help=help_)
+    for name, help_ in (("run", "train (or load) + evaluate + figures: the kit's main command"),
+                        ("demo", "the same as run (quick preset, embedded toy data unless told otherwise)"),
+                        ("train", "train only (resumes an interrupted run in --out)")):
+        p = sub.add_parser(name, help=help_, description=help_)
         _add_data_args(p)
-        p.add_argument("--preset", default=preset, choices=sorted(PRESETS))
+        p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                       help=f"the base config (default {DEFAULT_PRESET}; paper: the official recipe, a GPU job)")
+        p.add_argument("--config", default=None, metavar="FILE",
+                       help="the base config from a file instead: a run's config.json, or YAML / JSON of fields")
         p.add_argument("--teacher", default=None, choices=list(TEACHERS))
         p.add_argument("--texture-dir", default=None, help="DTD-layout folder (default: built-in textures)")
         p.add_argument("--seed", type=int, default=None)
@@ -290,6 +307,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _plain(text: str) -> str:
+    """A docstring for the terminal: reST literals (``x``) printed as x."""
+    return text.replace("``", "")
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "demo": cmd_run,  # the README's first command: run, with the quick preset and the toy data by default
+    "train": lambda args: cmd_run(args, evaluate=False),
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "export": cmd_export,
+    "reproduce": cmd_reproduce,
+}
+
+
 def error_message(e: BaseException) -> str | None:
     """The one-line message for an error the user can act on, or None for a bug (traceback)."""
     import torch
@@ -318,17 +351,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     debug = getattr(args, "debug", False) or os.environ.get("DESTSEG_DEBUG", "") not in ("", "0")
     try:
-        if args.command in ("demo", "run"):
-            return cmd_run(args)
-        if args.command == "train":
-            return cmd_run(args, evaluate=False)
-        if args.command == "evaluate":
-            return cmd_evaluate(args)
-        if args.command == "reproduce":
-            return cmd_reproduce(args)
-        if args.command == "export":
-            return cmd_export(args)
-        return cmd_predict(args)
+        return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         if debug:
             raise

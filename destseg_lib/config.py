@@ -230,6 +230,47 @@ class DeSTSegConfig:
         d = {**LEGACY_VALUES, **d} if "aspp" not in d else d
         return cls(**{k: v for k, v in d.items() if k in names}).validate()
 
+    @classmethod
+    def from_file(cls, path) -> "DeSTSegConfig":
+        """A config from a file: a run's own ``config.json`` (``destseg run`` writes it), any JSON
+        object of config fields, or YAML (``.yaml`` / ``.yml``; needs PyYAML, read with ``safe_load``:
+        nothing in the file is executed).  Fields it leaves out keep the ``paper`` defaults; a key
+        that is no config field is a :class:`ConfigError` naming it (a typo is never ignored)."""
+        import json
+        from pathlib import Path
+
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"--config {path}: cannot read it ({e.strerror or e}); pass a run's config.json "
+                              "or a YAML / JSON file of config fields") from None
+        try:
+            if path.suffix.lower() in (".yaml", ".yml"):
+                try:
+                    import yaml
+                except ImportError:
+                    raise ConfigError(f"--config {path}: YAML needs PyYAML (pip install pyyaml, it comes with "
+                                      "papermill), or write the file as JSON") from None
+                d = yaml.safe_load(text)
+            else:
+                d = json.loads(text)
+        except ConfigError:
+            raise
+        except Exception as e:  # json.JSONDecodeError, yaml.YAMLError
+            raise ConfigError(f"--config {path}: not valid {'YAML' if path.suffix.lower() in ('.yaml', '.yml') else 'JSON'} "
+                              f"({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"--config {path}: holds a {type(d).__name__}, not a mapping of config fields")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            hints = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
+            said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
+            raise ConfigError(f"--config {path}: {said} {'is' if len(unknown) == 1 else 'are'} not config "
+                              "field(s); see DeSTSegConfig in destseg_lib/config.py")
+        return cls.from_dict(d)
+
 
 # ----------------------------------------------------------------------------- parsing / checking
 # One path for every way a value gets into a config (the CLI's --set, get_preset(**overrides),

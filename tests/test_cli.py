@@ -113,3 +113,48 @@ def test_existing_model_with_another_config_is_refused(demo_run, capsys):
     code = main(["demo", "--preset", "ci", "--set", "seg_steps=7", "--data-root", str(data), "--out", str(out),
                  "--device", "cpu"])
     assert code == 2 and "seg_steps" in capsys.readouterr().err
+
+
+def _parsed(argv):
+    from destseg_lib.cli import _config, build_parser
+
+    return _config(build_parser().parse_args(argv))
+
+
+def test_run_train_and_demo_default_to_the_quick_preset():
+    for command in ("run", "demo", "train"):
+        assert _parsed([command]).preset == "quick", command
+    assert _parsed(["run", "--preset", "ci", "--set", "seg_steps=3"]).seg_steps == 3
+
+
+def test_config_file_repeats_a_run_and_refuses_typos(demo_run, tmp_path, capsys):
+    from destseg_lib.config import DeSTSegConfig
+
+    data, out, _ = demo_run
+    saved = DeSTSegConfig.from_file(out / "config.json")
+    assert saved == DeSTSegConfig.from_dict(json.loads((out / "metrics.json").read_text())["config"])
+    assert _parsed(["run", "--config", str(out / "config.json")]) == saved
+    assert _parsed(["run", "--config", str(out / "config.json"), "--seed", "5"]) == saved.replace(seed=5)
+    yaml = pytest.importorskip("yaml")
+    good = tmp_path / "small.yaml"
+    good.write_text(yaml.safe_dump({"image_size": 64, "seg_width": 32, "teacher": "efficientnet_lite0"}))
+    cfg = _parsed(["train", "--config", str(good)])
+    assert (cfg.image_size, cfg.seg_width, cfg.batch_size) == (64, 32, 32)  # the rest: the paper defaults
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("image_size: 64\nseg_widht: 32\n")
+    assert main(["run", "--config", str(typo), "--data-root", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "'seg_widht'" in err and "did you mean 'seg_width'" in err and "Traceback" not in err
+    assert main(["run", "--config", str(good), "--preset", "ci"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    code = tmp_path / "evil.yaml"
+    code.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    assert main(["run", "--config", str(code)]) == 2  # safe_load: a tag that would run code is an error
+    assert "not valid YAML" in capsys.readouterr().err
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert "``" not in text and "destseg run --config" in text and "{run,demo,train," in text
