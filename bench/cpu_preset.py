@@ -1,4 +1,4 @@
-"""Issue 12: choosing a CPU preset on real data, by measurement, without tuning on the reported data.
+"""Choosing a CPU preset on real data, by measurement, without tuning on the reported data.
 
 Magnetic Tile Defects' test split (the defective images and the held-out good ones) is cut in two
 halves, seeded and stratified by defect type (``thresholds.validation_split``, ``val_fraction=0.5``,

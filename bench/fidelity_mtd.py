@@ -1,4 +1,4 @@
-"""Issue 8's measurement: the kit's earlier behaviour vs the official recipe on Magnetic Tile Defects.
+"""The kit's earlier behaviour vs the official recipe on Magnetic Tile Defects (the fidelity switches).
 
 At the `quick` budget (128^2, batch 8, 200 + 100 steps, EfficientNet-Lite0, DTD subset textures):
   * "earlier"  — the kit before the fidelity switches (torchvision ASPP, PyTorch init, augmented

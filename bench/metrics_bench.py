@@ -1,7 +1,7 @@
 """Speed and memory of destseg_lib.metrics on a synthetic set the size of the MVTec AD test set.
 
-    /work/venv/bin/python bench/metrics_bench.py                 # full size: 1725 maps 256x256
-    /work/venv/bin/python bench/metrics_bench.py --n-images 200  # quick look
+    python bench/metrics_bench.py                 # full size: 1725 maps 256x256
+    python bench/metrics_bench.py --n-images 200  # quick look
 
 Synthetic data: ``--n-images`` float32 maps (default 1725, 256x256); ~73 % of the images
 (1258 of 1725, as in MVTec AD) carry 1-3 blob / scratch regions of very different sizes; the

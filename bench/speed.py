@@ -22,7 +22,7 @@ Per configuration (image size x batch x teacher, paper widths: seg_width 256), m
   slower than float32 and says nothing about a CPU that has it.
 
 Each row gives ms per image, **synthetic images per minute** of this CPU (60 000 / ms per image,
-all ``threads`` threads busy) and per core-minute (divided by the threads), the issue-20 figure:
+all ``threads`` threads busy) and per core-minute (divided by the threads), the kit's main performance figure:
 the bottle row of 800 + 800 steps of batch 8 is 6 400 images per stage.  A summary table lists, per
 stage, size and precision, the fastest of "ours" and its share of the peak.
 
