@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from destseg_lib.config import LEGACY_VALUES, DeSTSegConfig, get_preset
+from destseg_lib.config import MISSING_FIELD_VALUES, DeSTSegConfig, get_preset
 from destseg_lib.experiment import open_split, run
 
 KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
@@ -30,12 +30,12 @@ SINGLES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "e
 
 # The official values of the fidelity fields (the config's defaults), set explicitly: a preset may
 # use other ones (quick does, since this measurement).
-OFFICIAL = {k: getattr(DeSTSegConfig(), k) for k in LEGACY_VALUES}
+OFFICIAL = {k: getattr(DeSTSegConfig(), k) for k in MISSING_FIELD_VALUES}
 
 
 def grid(seeds=(0, 1, 2), singles=tuple(SINGLES)):
     for seed in seeds:
-        yield "earlier", dict(LEGACY_VALUES), seed
+        yield "earlier", dict(MISSING_FIELD_VALUES), seed
         yield "official", dict(OFFICIAL), seed
     for field in singles:
         yield f"official + {field}={SINGLES[field]}", {**OFFICIAL, field: SINGLES[field]}, 0

@@ -9,7 +9,7 @@ opacity beta ~ U[0, 0.8) in Eq. 1, un-augmented DTD textures, one Perlin draw pe
 masks allowed), the official ASPP and initialisation.
 
 Fields marked "fidelity" select between the official behaviour (the default, named in the comment)
-and the kit's earlier choices, kept as named options; fields marked "Table N" are the paper's
+alternatives, kept as named options (measured in docs/fidelity.md); fields marked "Table N" are the paper's
 ablation switches.
 """
 from __future__ import annotations
@@ -42,8 +42,9 @@ CHOICES = {
     "threshold_rule": ("best_f1", "instance_recall"),  # not the paper's (see thresholds.py)
 }
 
-# What the kit did before the fidelity switches existed (a config saved then lacks these fields).
-LEGACY_VALUES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "empty_masks": "redraw",
+# The values of the fidelity fields for a saved config that lacks them: it was trained with these
+# (they were the only behaviour before the fields existed).
+MISSING_FIELD_VALUES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "empty_masks": "redraw",
                  "resize": "cv2", "rotation_fill": "reflect"}
 
 
@@ -59,10 +60,10 @@ class DeSTSegConfig:
     grayscale_textures: bool | None = None  # None: follow the dataset (grayscale data -> grayscale textures)
     texture_dir: str | None = None  # DTD-layout folder; None -> built-in offline textures
     # fidelity: "antialias" = PIL-style bilinear with antialiasing when shrinking (official, images,
-    # textures and test masks); "cv2" = cv2.INTER_LINEAR without antialiasing (the kit's old way)
+    # textures and test masks); "cv2" = cv2.INTER_LINEAR without antialiasing (aliases when shrinking)
     resize: str = "antialias"
     # fidelity: corners uncovered by the training rotation augmentation: "grey" (114, 114, 114)
-    # as the official code; "reflect" mirrors the image (the kit's old way)
+    # as the official code; "reflect" mirrors the image
     rotation_fill: str = "grey"
     # fidelity: False = a random texture, RGB, resized, nothing else (official); True = three random
     # photometric/geometric augmentations per texture (DRAEM's recipe, not DeSTSeg's)
@@ -75,7 +76,7 @@ class DeSTSegConfig:
     beta_max: float = 0.8  # beta ~ U[0, beta_max): opacity of the texture is 1 - beta in (0.2, 1]
     # fidelity: "allow" = one Perlin draw per sample; an empty thresholded mask gives a clean image
     # with an all-zero mask (official, 4-7 % of samples); "redraw" = redraw up to mask_max_retries
-    # times, then the top 1 % of the last noise, so masks are never empty (the kit's old way; it
+    # times, then the top 1 % of the last noise, so masks are never empty (it
     # also biases the scales towards fine ones)
     empty_masks: str = "allow"
     mask_max_retries: int = 50
@@ -86,7 +87,7 @@ class DeSTSegConfig:
     seg_width: int = 256  # channels of the segmentation net's residual blocks and ASPP (paper: 256)
     # fidelity: "official" = global-pool branch + three 3x3 atrous branches (6, 12, 18), fused by a
     # 3x3 conv, no dropout (4,196,864 parameters at width 256); "torchvision" = DeepLabV3's ASPP
-    # (extra 1x1 branch, 1x1 projection, Dropout(0.5): the kit's old way)
+    # (extra 1x1 branch, 1x1 projection, Dropout(0.5))
     aspp: str = "official"
     # fidelity: "official" = Kaiming-normal (fan_out) convs in the student decoder and the seg net's
     # residual blocks, zero-init of each encoder block's last BN; "pytorch" = PyTorch's defaults there
@@ -224,10 +225,10 @@ class DeSTSegConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "DeSTSegConfig":
         """A config from a dict (e.g. a checkpoint's).  Fidelity fields missing from ``d`` take the
-        values of the kit before they existed (:data:`LEGACY_VALUES`): a run saved then was trained
+        values of :data:`MISSING_FIELD_VALUES`: a run saved then was trained
         that way."""
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {**LEGACY_VALUES, **d} if "aspp" not in d else d
+        d = {**MISSING_FIELD_VALUES, **d} if "aspp" not in d else d
         return cls(**{k: v for k, v in d.items() if k in names}).validate()
 
     @classmethod
@@ -519,9 +520,11 @@ VARIANT_GROUPS: dict[str, list[str]] = {
 # Variants with their own networks (the others change training or the input of the same networks).
 ARCHITECTURES = ("destseg", "pfadseg")
 
-# The quick preset's fidelity options (the kit's earlier choices, measured best at the quick budget on
-# MTD; rotation_fill is left official: MTD has no rotation, so it was not measured).
-QUICK_RECIPE = {k: v for k, v in LEGACY_VALUES.items() if k != "rotation_fill"}
+# The quick preset's recipe where it is not the official one (the best combination measured at its budget
+# on MTD, docs/fidelity.md): DeepLabV3's ASPP, PyTorch's default init, augmented textures (DRAEM's),
+# masks redrawn until non-empty, cv2 resizing.  rotation_fill stays official (MTD has no rotation).
+QUICK_FIDELITY = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "empty_masks": "redraw",
+                  "resize": "cv2"}
 
 # Presets are values of the config, not code paths.
 PRESETS: dict[str, DeSTSegConfig] = {
@@ -530,14 +533,14 @@ PRESETS: dict[str, DeSTSegConfig] = {
     # Quick: the README demo; sized (measured, see bench/train_bench.py) to train + evaluate in a few
     # minutes on 2 CPU cores with the offline EfficientNet-Lite0 teacher.  At 256 channels the
     # segmentation net costs ~10 GFLOP per 128^2 image (3x the student step), hence seg_width=128.
-    # Not the official recipe: QUICK_RECIPE's five fidelity options, the best combination measured on
+    # Not the official recipe: QUICK_FIDELITY's five options, the best combination measured on
     # MTD at this budget (bench/fidelity_mtd.py, 3 seeds; README "Fidelity"): +4.5 image AUROC,
     # +4.3 AUPRO, +7.1 IAP, the same pixel AP, -6.4 pixel AUROC against the official values.
     "quick": DeSTSegConfig(
         preset="quick", image_size=128, batch_size=8, student_steps=200, seg_steps=100, seg_width=128,
-        teacher="efficientnet_lite0", teacher_weights="imagenet", checkpoint_every=50, **QUICK_RECIPE,
+        teacher="efficientnet_lite0", teacher_weights="imagenet", checkpoint_every=50, **QUICK_FIDELITY,
     ),
-    # CPU: real parts on a laptop (issue 12; chosen on the validation half of MTD's test split,
+    # CPU: real parts on a laptop (chosen on the validation half of MTD's test split,
     # bench/cpu_preset.py, README "Which preset"): quick's budget and recipe at 192 px on the short
     # side, each image keeping its aspect ratio, and the image score as the mean of the top 10 map
     # values (the paper's T = 100 is 0.15 % of a 256^2 map; on the same maps the top 10 scored higher
@@ -546,7 +549,7 @@ PRESETS: dict[str, DeSTSegConfig] = {
     "cpu": DeSTSegConfig(
         preset="cpu", image_size=192, aspect="keep", batch_size=8, student_steps=200, seg_steps=100,
         seg_width=128, top_t=10, teacher="efficientnet_lite0", teacher_weights="imagenet",
-        checkpoint_every=50, **QUICK_RECIPE,
+        checkpoint_every=50, **QUICK_FIDELITY,
     ),
     # CI: seconds; used by the tests and the notebooks' default parameters.
     "ci": DeSTSegConfig(

@@ -5,7 +5,7 @@ What follows the paper (DeSTSeg, Zhang et al., CVPR 2023, Sec. 4.1):
 * every image is resized to 256x256 with PIL's bilinear filter, which antialiases when
   shrinking (the official code's ``PIL.Image.resize(BILINEAR)``); ground-truth masks are
   resized the same way and then binarised with ``>= 0.5`` (``resize="cv2"`` selects the
-  kit's earlier ``cv2.INTER_LINEAR``, which aliases when shrinking 700-1024 px images);
+  ``cv2.INTER_LINEAR``, which aliases when shrinking 700-1024 px images);
 * training images get no augmentation except a random rotation on the categories
   whose appearance allows it (:data:`ROTATION_POLICY`, :func:`rotate_augment`);
   the synthetic anomalies themselves are made elsewhere (DTD textures, Perlin masks).
@@ -445,7 +445,7 @@ def rotate_augment(image: torch.Tensor, policy: str, rng: np.random.Generator,
     """Training rotation (official code). ``none``: identity, draws nothing; ``small``: angle
     ~ U[-5, 5] degrees; ``quarter``: k ~ U{0..3} quarter turns, then U[-5, 5] degrees.
     Bilinear ``cv2.warpAffine`` about the centre; uncovered corners are grey (114/255, official,
-    ``fill="grey"``) or mirrored (``fill="reflect"``, the kit's earlier choice)."""
+    ``fill="grey"``) or mirrored (``fill="reflect"``)."""
     _check_rotation(policy)
     if fill not in ("grey", "reflect"):
         raise DataError(f"rotation_fill={fill!r}: use 'grey' (official) or 'reflect'.")

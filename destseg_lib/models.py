@@ -13,8 +13,8 @@
   takes images in [0, 1].
 
 Parameter counts and initialisation follow the official implementation (apple/ml-destseg; facts in
-``shared/paper/official_recipe.md``); ``aspp="torchvision"`` and ``init="pytorch"`` select the kit's
-earlier choices.
+``shared/paper/official_recipe.md``); ``aspp="torchvision"`` (DeepLabV3's ASPP) and ``init="pytorch"`` (PyTorch's default
+init) are the alternatives.
 """
 from __future__ import annotations
 

@@ -65,7 +65,7 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_scale_exp:
     Scales are 2^k per axis with k ~ U{min_scale_exp, ..., max_scale_exp - 1} (2^0..2^5 by default).
     ``empty_masks="allow"`` (official): one draw; at coarse scales the noise often stays below the
     threshold and the mask is empty (4-7 % of samples at 256^2): the training sample is then a
-    clean image with an all-zero mask.  ``"redraw"`` (the kit's earlier choice): an empty draw is
+    clean image with an all-zero mask.  ``"redraw"``: an empty draw is
     redrawn, at most ``max_retries`` times; if every retry is empty, the pixels of the last noise
     above its 99th percentile form the mask, so the mask is never empty (this also shifts the
     scales towards fine ones, which are rarely empty).

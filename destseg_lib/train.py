@@ -41,6 +41,8 @@ from .textures import make_texture_source
 # Fields that may differ between an interrupted run and its resumption: engineering ones, and those of
 # the evaluation only (which test images are held out for the thresholds and how they are chosen).
 _ENGINEERING = {"num_workers", "checkpoint_every", "cache_images", "amp", "prefetch"}
+# A label, not a setting: the preset a config started from (the fields say what it is now).
+_LABELS = {"preset"}
 _EVALUATION_ONLY = {"val_fraction", "val_seed", "threshold_rule", "target_recall", "eval_size", "baseline",
                     "baseline_bank_size", "baseline_size"}
 _RESUME_FREE = _ENGINEERING | _EVALUATION_ONLY
@@ -50,7 +52,7 @@ def config_differences(saved: dict, cfg: DeSTSegConfig, evaluation: bool = False
     """Fields in which a saved run's config differs from ``cfg``: those that change the training
     (engineering fields and evaluation-only fields excepted), or with ``evaluation=True`` those that
     change the training or the evaluation (for reusing a run's metrics)."""
-    free = _ENGINEERING if evaluation else _RESUME_FREE
+    free = (_ENGINEERING if evaluation else _RESUME_FREE) | _LABELS
     try:  # fields added since the run was saved take the values it was trained with (from_dict)
         saved = DeSTSegConfig.from_dict(saved).to_dict()
     except Exception:  # a saved config this kit cannot read: compare it as it is

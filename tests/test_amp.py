@@ -1,4 +1,4 @@
-"""The ``amp`` field (issue 20, item 1): "off" (float32, the paper's: the official code trains in
+"""The ``amp`` field: "off" (float32, the paper's: the official code trains in
 float32), "auto" (bf16 where it is native: CUDA with bf16, CPUs with avx512_bf16 / amx_bf16),
 "bf16", and "cuda" (what amp=true meant before).  Master weights, optimisers and losses stay
 float32; the resolved precision is stored in the checkpoint.

@@ -1,4 +1,4 @@
-"""Config values are parsed and checked against the dataclass field types (issue #14, item 1):
+"""Config values are parsed and checked against the dataclass field types:
 one path for --set strings, get_preset(**overrides), replace(), from_dict() and construction."""
 import dataclasses
 

@@ -358,7 +358,7 @@ def test_mtd_real_masks_match_images(mtd_root):
     assert not t.native_mask(good).any()
 
 
-# ----------------------------------------------------------------------------- validation (issue #14, item 2)
+# ----------------------------------------------------------------------------- validation
 def _truncate(path, keep=0.5):
     data = Path(path).read_bytes()
     Path(path).write_bytes(data[: int(len(data) * keep)])

@@ -151,7 +151,7 @@ def test_resume_from_partial_download(tmp_path):
     assert (out / "mvtec" / "bottle" / "test" / "good" / "000.png").read_bytes() == b"t0"
 
 
-# ---------------------------------------------------------------- nothing gets stuck (issue #14, item 4)
+# ---------------------------------------------------------------- nothing gets stuck
 def test_oversized_partial_is_discarded_and_the_download_restarted(tmp_path):
     mvtec, _, _ = _archives(tmp_path / "src")
     out = tmp_path / "data"

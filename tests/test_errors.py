@@ -1,5 +1,5 @@
-"""Bad input, faults and interruptions (issue #14): a clear one-line message and exit code 2 every
-time, nothing lost, nothing stuck; checkpoints never execute code when loaded (issue #13)."""
+"""Bad input, faults and interruptions: a clear one-line message and exit code 2 every
+time, nothing lost, nothing stuck; checkpoints never execute code when loaded."""
 import json
 import os
 import shutil
@@ -222,7 +222,7 @@ def test_checkpoints_get_the_users_normal_file_mode(trained, tmp_path):
     assert stat.S_IMODE(trained.stat().st_mode) == stat.S_IMODE(probe.stat().st_mode)
 
 
-# ------------------------------------------------------------------ issue #13: loading never executes code
+# ------------------------------------------------------------------ loading never executes code
 class _Payload:
     def __init__(self, marker):
         self.marker = marker

@@ -112,7 +112,7 @@ def test_summary_and_exercises(name):
 
 
 def test_facts():
-    """Statements the first version of the notebooks got wrong (issue #9, item 6)."""
+    """Statements the first version of the notebooks got wrong."""
     text = {p.name[:2]: " ".join(" ".join(c.source.split()) for c in _read(p).cells if c.cell_type == "markdown")
             for p in _notebooks()}
     assert "official DeSTSeg code uses each texture **as it is**" in text["01"]

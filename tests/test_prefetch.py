@@ -1,4 +1,4 @@
-"""Synthesis off the critical path (issue 20, item 3): ``prefetch`` batches made ahead by a background
+"""Synthesis off the critical path: ``prefetch`` batches made ahead by a background
 thread are the same batches, in the same order, as those made in the step (a batch is a pure
 function of (seed, step)); the thread stops on errors and interrupts; resume works."""
 import threading

@@ -121,3 +121,15 @@ def test_predict_upsamples_to_input(ci_cfg, toy_split, tmp_path):
     model = build_model(ci_cfg)
     out = predict(model, torch.rand(2, 3, 64, 64), top_t=10)
     assert out["anomaly_map"].shape == (2, 64, 64) and out["score"].shape == (2,)
+
+
+def test_config_comparison_ignores_the_preset_label_not_the_fields():
+    """``preset`` names where a config started; the fields say what it is: a ``paper`` config with
+    ``quick``'s values is the same run, a ``quick`` config with one field changed is not."""
+    from destseg_lib.config import get_preset
+    from destseg_lib.train import config_differences
+
+    quick = get_preset("quick")
+    relabelled = get_preset("paper", **{k: v for k, v in quick.to_dict().items() if k != "preset"})
+    assert relabelled.preset == "paper" and config_differences(quick.to_dict(), relabelled) == []
+    assert config_differences(quick.to_dict(), quick.replace(seg_steps=101)) == ["seg_steps"]

@@ -21,7 +21,7 @@ KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90", "iap_
 KEY_LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP",
               "aupro": "AUPRO", "iap": "IAP step", "iap90": "IAP@90 step", "iap_interp": "IAP interp.",
               "iap90_interp": "IAP@90 interp."}
-#: Columns of the summary tables: the issue's six plus the interpolated IAP the paper reports.
+#: Columns of the summary tables: the six metrics plus the interpolated IAP the paper reports.
 TABLE_KEYS = KEYS
 STATES = ("done", "failed", "interrupted", "running")
 SUBMITIT_DEFAULTS = {"timeout_min": 240}
