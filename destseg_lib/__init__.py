@@ -9,13 +9,13 @@ One module per section of the paper::
     textures    anomaly-source textures: DTD folder or built-in procedural ones
     models      teacher, denoising student, segmentation net (Sec. 3.2, 3.3)
     losses      cosine (Eq. 3-4), focal + L1 (Eq. 5-7)
-    train       two-stage training, checkpoints, resume (Sec. 3.4)
+    train       two-stage training (train_model), checkpoints, resume (Sec. 3.4)
     infer       anomaly maps and top-T image scores (Sec. 3.4)
     baseline    a training-free nearest-neighbour yardstick on the teacher's patches (PatchCore's idea)
     metrics     exact image/pixel AUROC, AP, AUPRO, IAP, IAP@90 (Sec. 4.2)
     experiment  train-or-load -> predict -> evaluate -> figures
     thresholds  decision thresholds chosen on a validation split (best F1 / instance recall)
-    predict     scoring your own images: maps, overlays, masks, one CSV (destseg predict)
+    scoring     scoring your own images: maps, overlays, masks, one CSV (destseg predict)
     fast        the same inference, faster: BN folded, inference_mode, channels-last, compile
     export      ONNX export of the whole inference graph, onnxruntime scoring
     reproduce   batches of runs -> the paper's tables (destseg reproduce)
@@ -29,8 +29,6 @@ on): ``import destseg_lib.viz`` loads the figures without torch, the models or t
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 _EXPORTS = {
     "baseline": ("NearestNeighbourBaseline",),
@@ -43,10 +41,10 @@ _EXPORTS = {
     "models": ("DeSTSeg",),
     "synthesis": ("AnomalySynthesizer", "blend_anomaly", "perlin_mask", "perlin_noise"),
     "textures": ("BuiltinTextures", "FolderTextures", "make_texture_source"),
-    "predict": ("predict_files",),
+    "scoring": ("predict_files",),
     "thresholds": ("choose_thresholds", "validation_split"),
     "toy": ("make_toy_dataset",),
-    "train": ("train",),
+    "train": ("train_model",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -68,16 +66,3 @@ def __getattr__(name: str):
 
 def __dir__():
     return sorted(set(globals()) | set(_WHERE))
-
-
-class _Package(types.ModuleType):
-    """``train`` is both a submodule and a function: importing the submodule must not shadow the
-    function (``ds.train(...)``), as it would on a plain module."""
-
-    def __setattr__(self, name, value):
-        if name in _WHERE and isinstance(value, types.ModuleType) and value.__name__ == f"{__name__}.{name}":
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package

@@ -100,7 +100,7 @@ def _config(args):
 
 def cmd_run(args, evaluate: bool = True) -> int:
     from .experiment import format_table, open_split, run
-    from .train import train
+    from .train import train_model
 
     cfg = _config(args)
     split = open_split(args.dataset, args.data_root, args.category)
@@ -111,7 +111,7 @@ def cmd_run(args, evaluate: bool = True) -> int:
           f"{cfg.image_size}px, {cfg.student_steps}+{cfg.seg_steps} steps, device {device}")
     t0 = time.perf_counter()
     if not evaluate:
-        res = train(cfg, split, out, device=device, resume=not args.retrain)
+        res = train_model(cfg, split, out, device=device, resume=not args.retrain)
         print(f"trained in {res.seconds:.0f} s -> {res.checkpoint}")
         return 0
     report = run(cfg, split, out, device=device, retrain=args.retrain)
@@ -185,7 +185,7 @@ def _eval_size_words(cfg) -> str:
 def cmd_predict(args) -> int:
     from .checkpoint import load_model, weights_fingerprint
     from .config import DeSTSegConfig
-    from .predict import check_threshold, predict_files, stored_thresholds, torch_scorer
+    from .scoring import check_threshold, predict_files, stored_thresholds, torch_scorer
 
     cli_image = check_threshold(args.threshold, "--threshold")  # nan / inf: one line, before any work
     cli_pixel = check_threshold(args.pixel_threshold, "--pixel-threshold")

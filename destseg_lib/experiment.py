@@ -31,7 +31,7 @@ from .precision import resolve_precision
 from .thresholds import choose_thresholds, decision_stats, method_outputs, validation_split
 from .toy import CATEGORY as TOY_CATEGORY
 from .toy import make_toy_dataset
-from .train import check_same_dataset, config_differences, train
+from .train import check_same_dataset, config_differences, train_model
 
 METHODS = ("DeSTSeg", "DeST")
 TABLE_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
@@ -223,7 +223,7 @@ def load_or_train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu"
         check_same_dataset(ckpt, split.name, path)
         return load_model(path, device, allow_unfinished=path == last)[0], ckpt.get("history", [])
     stop_after = cfg.student_steps if stage == 1 else None
-    result = train(cfg, split, out_dir, device=device, resume=not retrain, progress=progress,
+    result = train_model(cfg, split, out_dir, device=device, resume=not retrain, progress=progress,
                    stop_after=stop_after, callback=callback)
     return result.model, result.history
 

@@ -168,7 +168,7 @@ def read_metadata(path) -> dict:
 
 class OnnxScorer:
     """``scorer(images) -> (anomaly maps, scores)`` as numpy with onnxruntime (CPU by default):
-    the same interface as :func:`destseg_lib.predict.torch_scorer`.  ``threads``: intra-op threads
+    the same interface as :func:`destseg_lib.scoring.torch_scorer`.  ``threads``: intra-op threads
     (default: the CPUs this process may use)."""
 
     def __init__(self, path, threads: int | None = None, providers=None):

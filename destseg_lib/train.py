@@ -351,7 +351,7 @@ def _write_log(history: list[dict], out_dir: Path) -> None:
     atomic_write_text(out_dir / "train_log.csv", buf.getvalue())
 
 
-def train(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume: bool = False,
+def train_model(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", resume: bool = False,
           progress: bool = True, stop_after: int | None = None, callback=None) -> TrainResult:
     """Train DeSTSeg on ``split.train`` with synthetic anomalies; write checkpoints and logs to ``out_dir``.
 

@@ -18,7 +18,7 @@ from destseg_lib.fast import FastPredictor
 from destseg_lib.infer import predict
 from destseg_lib.synthesis import AnomalySynthesizer
 from destseg_lib.textures import make_texture_source
-from destseg_lib.train import (SyntheticBatches, build_model, config_differences, make_optimizers, train,
+from destseg_lib.train import (SyntheticBatches, build_model, config_differences, make_optimizers, train_model,
                                training_step)
 
 SAPPHIRE_RAPIDS = {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
@@ -153,12 +153,12 @@ def test_checkpoint_and_result_record_the_precision(ci_cfg, toy_split, tmp_path,
     of two SGD trajectories, while a step that failed to train (the stage-1 loss halves over these
     steps in float32) or a loss computed wrongly would be off by far more."""
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3, checkpoint_every=2)
-    ref = train(cfg, toy_split, tmp_path / "f32", progress=True)
+    ref = train_model(cfg, toy_split, tmp_path / "f32", progress=True)
     assert "precision: float32 (amp='off'" in capsys.readouterr().out  # one line at the start
     assert ref.extra["precision"] == "float32"
     assert read_checkpoint(tmp_path / "f32" / "model.pt")["precision"] == "float32"
     assert read_checkpoint(tmp_path / "f32" / "checkpoints" / "last.pt")["precision"] == "float32"
-    res = train(cfg.replace(amp="bf16"), toy_split, tmp_path / "bf16", progress=False)
+    res = train_model(cfg.replace(amp="bf16"), toy_split, tmp_path / "bf16", progress=False)
     assert res.extra["precision"] == "bf16"
     assert read_checkpoint(tmp_path / "bf16" / "model.pt")["precision"] == "bf16"
     assert read_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")["precision"] == "bf16"

@@ -124,7 +124,7 @@ def test_metrics_on_maps_of_several_sizes():
 def test_end_to_end_keep_aspect(wide_root, tmp_path):
     """Train (ci budget), evaluate, figures, thresholds, predict, ONNX on the non-square set."""
     from destseg_lib.experiment import run
-    from destseg_lib.predict import predict_files, torch_scorer
+    from destseg_lib.scoring import predict_files, torch_scorer
 
     split = mvtec_split(wide_root, "toy_part")
     cfg = get_preset("ci", aspect="keep", val_fraction=0.5)

@@ -433,7 +433,7 @@ def test_training_refuses_bad_test_data_before_the_first_step(toy_root, tmp_path
     """A corrupt test image / wrong-size or non-binary mask is reported before training, not after."""
     import shutil
 
-    from destseg_lib.train import train
+    from destseg_lib.train import train_model
 
     root = tmp_path / "toy"
     shutil.copytree(toy_root, root)
@@ -444,7 +444,7 @@ def test_training_refuses_bad_test_data_before_the_first_step(toy_root, tmp_path
     split = mvtec_split(root, "toy_part")
     steps = []
     with pytest.raises(DataError) as e:
-        train(ci_cfg, split, tmp_path / "out", progress=False, callback=steps.append)
+        train_model(ci_cfg, split, tmp_path / "out", progress=False, callback=steps.append)
     assert str(img) in str(e.value) and str(mask) in str(e.value)
     assert steps == [] and not (tmp_path / "out" / "checkpoints" / "last.pt").exists()
 

@@ -32,10 +32,10 @@ def _one_line_error(capsys) -> str:
 def trained(tmp_path_factory, toy_root):
     """A model trained once with the ci preset on the toy data (copied into each test's out dir)."""
     from destseg_lib.data import mvtec_split
-    from destseg_lib.train import train
+    from destseg_lib.train import train_model
 
     out = tmp_path_factory.mktemp("trained")
-    train(get_preset("ci"), mvtec_split(toy_root, "toy_part"), out, progress=False)
+    train_model(get_preset("ci"), mvtec_split(toy_root, "toy_part"), out, progress=False)
     return out / "model.pt"
 
 
@@ -141,7 +141,7 @@ def test_debug_flag_shows_the_traceback(toy_root, tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ item 5: litter
 def test_stale_temporary_checkpoints_are_removed_on_the_next_start(toy_split, tmp_path):
-    from destseg_lib.train import train
+    from destseg_lib.train import train_model
 
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
@@ -151,7 +151,7 @@ def test_stale_temporary_checkpoints_are_removed_on_the_next_start(toy_split, tm
     keep = [out / "checkpoints" / "notes.txt", out / "my.tmp", out / "checkpoints" / "draft.tmp"]
     for p in keep:
         p.write_text("user file")
-    train(get_preset("ci"), toy_split, out, progress=False, stop_after=1)
+    train_model(get_preset("ci"), toy_split, out, progress=False, stop_after=1)
     assert not any(p.exists() for p in stale)
     assert all(p.read_text() == "user file" for p in keep)
     assert not list(out.rglob("*.pt.*.tmp"))
@@ -252,9 +252,9 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, capsys, payl
 
 
 def test_everything_the_kit_stores_loads_with_weights_only(trained, toy_split, tmp_path):
-    from destseg_lib.train import train
+    from destseg_lib.train import train_model
 
-    train(get_preset("ci"), toy_split, tmp_path, progress=False, stop_after=7)  # optimiser state, history
+    train_model(get_preset("ci"), toy_split, tmp_path, progress=False, stop_after=7)  # optimiser state, history
     for p in (tmp_path / "checkpoints" / "last.pt", trained):
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
         assert ckpt["format"] == FORMAT

@@ -12,7 +12,7 @@ from destseg_lib.config import PRESETS, DeSTSegConfig, get_preset
 from destseg_lib.data import GREY_FILL, resize_array, resize_image, resize_mask, rotate_augment
 from destseg_lib.models import DeSTSeg, DenoisingStudent, PlainStudent, SegmentationNet, de_st_map
 from destseg_lib.textures import FolderTextures
-from destseg_lib.train import build_model, make_optimizers, train, training_step
+from destseg_lib.train import build_model, make_optimizers, train_model, training_step
 
 
 def _n(module) -> int:
@@ -176,7 +176,7 @@ def test_seg_switch_off_skips_stage_two(ci_cfg, toy_split, tmp_path):
     assert cfg.total_steps == 2
     model = build_model(cfg)
     assert model.segmentation is None and make_optimizers(model, cfg)[1] is None
-    res = train(cfg, toy_split, tmp_path, progress=False)
+    res = train_model(cfg, toy_split, tmp_path, progress=False)
     assert [h["stage"] for h in res.history] == [1, 1]
     from destseg_lib.experiment import evaluate_predictions, primary_method
     from destseg_lib.data import TestImages

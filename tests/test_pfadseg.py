@@ -62,9 +62,9 @@ def test_fusion_weights_depend_on_the_input_and_learn():
 
 
 def test_pfadseg_trains_end_to_end_with_the_same_loop(ci_cfg, toy_split, tmp_path):
-    from destseg_lib.train import train
+    from destseg_lib.train import train_model
     cfg = ci_cfg.replace(student_steps=2, seg_steps=2, **VARIANTS["pfadseg"])
-    res = train(cfg, toy_split, tmp_path, progress=False)
+    res = train_model(cfg, toy_split, tmp_path, progress=False)
     assert [h["stage"] for h in res.history] == [1, 1, 2, 2]
     init = build_model(cfg)
     assert not torch.equal(init.segmentation.fusion.level_gate.weight, res.model.segmentation.fusion.level_gate.weight)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from destseg_lib.predict import collect_inputs, map_to_png16, output_names, png16_to_map
+from destseg_lib.scoring import collect_inputs, map_to_png16, output_names, png16_to_map
 
 
 def _cli(*args, cwd=None):

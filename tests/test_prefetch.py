@@ -11,7 +11,7 @@ import torch
 from destseg_lib.data import TrainImages
 from destseg_lib.synthesis import AnomalySynthesizer
 from destseg_lib.textures import make_texture_source
-from destseg_lib.train import PrefetchedBatches, SyntheticBatches, batch_loader, train
+from destseg_lib.train import PrefetchedBatches, SyntheticBatches, batch_loader, train_model
 
 
 def _prefetch_threads():
@@ -95,8 +95,8 @@ def test_the_step_does_not_wait_when_synthesis_is_faster():
 
 def test_training_with_prefetch_gives_identical_losses_and_weights(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3)
-    a = train(cfg.replace(prefetch=0), toy_split, tmp_path / "a", progress=False)
-    b = train(cfg.replace(prefetch=2), toy_split, tmp_path / "b", progress=False)
+    a = train_model(cfg.replace(prefetch=0), toy_split, tmp_path / "a", progress=False)
+    b = train_model(cfg.replace(prefetch=2), toy_split, tmp_path / "b", progress=False)
     assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -107,9 +107,9 @@ def test_training_with_prefetch_gives_identical_losses_and_weights(ci_cfg, toy_s
 
 def test_resume_with_prefetch_reaches_the_same_weights(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3, checkpoint_every=2)  # resumed in stage 2
-    full = train(cfg.replace(prefetch=0), toy_split, tmp_path / "full", progress=False)
-    train(cfg.replace(prefetch=2), toy_split, tmp_path / "part", progress=False, stop_after=4)
-    resumed = train(cfg.replace(prefetch=2), toy_split, tmp_path / "part", progress=False, resume=True)
+    full = train_model(cfg.replace(prefetch=0), toy_split, tmp_path / "full", progress=False)
+    train_model(cfg.replace(prefetch=2), toy_split, tmp_path / "part", progress=False, stop_after=4)
+    resumed = train_model(cfg.replace(prefetch=2), toy_split, tmp_path / "part", progress=False, resume=True)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     sa, sb = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
@@ -121,7 +121,7 @@ def test_an_interrupt_in_training_stops_the_thread(ci_cfg, toy_split, tmp_path):
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(ci_cfg.replace(prefetch=2), toy_split, tmp_path, progress=False, callback=interrupt)
+        train_model(ci_cfg.replace(prefetch=2), toy_split, tmp_path, progress=False, callback=interrupt)
     assert not _prefetch_threads()
 
 

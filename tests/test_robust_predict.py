@@ -78,7 +78,7 @@ def _constant_scorer(calls=None, fail_on_call=None, exc=KeyboardInterrupt):
 
 
 def _predict(inputs, out, scorer=None, **kw):
-    from destseg_lib.predict import predict_files
+    from destseg_lib.scoring import predict_files
 
     kw.setdefault("progress", False)
     kw.setdefault("warn", lambda text: None)
@@ -111,7 +111,7 @@ def test_export_never_overwrites_the_checkpoint_nor_an_existing_file(model_pt, t
 # ----------------------------------------------------------------------------- item 3
 def test_images_one_or_three_pixels_tall_are_scored_with_the_rest(model_pt, tmp_path):
     from destseg_lib.checkpoint import load_model
-    from destseg_lib.predict import torch_scorer
+    from destseg_lib.scoring import torch_scorer
 
     model, ckpt = load_model(model_pt)
     files = [_image(tmp_path / "in" / "a.png"), _image(tmp_path / "in" / "thin1.png", 1, 4000),
@@ -151,7 +151,7 @@ def test_walks_and_recursive_globs_terminate_over_links_to_itself(tmp_path):
     (root / "self1").symlink_to(root, target_is_directory=True)
     (root / "sub" / "up").symlink_to(root, target_is_directory=True)
     code = textwrap.dedent(f"""
-        from destseg_lib.predict import collect_inputs
+        from destseg_lib.scoring import collect_inputs
         for item in ({str(root)!r}, {str(root / '**' / '*.png')!r}):
             files, problems = collect_inputs([item])
             print(sorted(str(f) for f in files), problems)
@@ -163,7 +163,7 @@ def test_walks_and_recursive_globs_terminate_over_links_to_itself(tmp_path):
 
 
 def test_recursive_glob_matches_what_glob_matches_without_links(tmp_path, monkeypatch):
-    from destseg_lib.predict import expand_glob
+    from destseg_lib.scoring import expand_glob
 
     for rel in ("a.png", "x/b.png", "x/y/c.png", "x/y/c.jpg", "z/d.png", ".hid/e.png", "x/.f.png"):
         _image(tmp_path / rel)

@@ -42,13 +42,13 @@ def _tree(root: Path) -> dict:
 def trained(tmp_path_factory, toy_root):
     """A ci model trained once on the toy data, and the unfinished checkpoint of a second run."""
     from destseg_lib.data import mvtec_split
-    from destseg_lib.train import train
+    from destseg_lib.train import train_model
 
     split = mvtec_split(toy_root, "toy_part")
     out = tmp_path_factory.mktemp("trained")
-    train(get_preset("ci"), split, out, progress=False)
+    train_model(get_preset("ci"), split, out, progress=False)
     part = tmp_path_factory.mktemp("unfinished")
-    train(get_preset("ci"), split, part, progress=False, stop_after=7)  # stage 2 barely begun
+    train_model(get_preset("ci"), split, part, progress=False, stop_after=7)  # stage 2 barely begun
     return out / "model.pt", part / "checkpoints" / "last.pt"
 
 

@@ -5,7 +5,7 @@ import torch
 from destseg_lib.checkpoint import atomic_torch_save, load_model, read_checkpoint
 from destseg_lib.data import TestImages
 from destseg_lib.infer import predict, predict_dataset, top_t_score
-from destseg_lib.train import train
+from destseg_lib.train import train_model
 from destseg_lib.errors import CheckpointError
 
 
@@ -16,7 +16,7 @@ def _same_weights(a, b):
 
 
 def test_training_changes_weights_and_logs(ci_cfg, toy_split, tmp_path):
-    res = train(ci_cfg, toy_split, tmp_path, progress=False)
+    res = train_model(ci_cfg, toy_split, tmp_path, progress=False)
     assert [h["stage"] for h in res.history] == [1] * 6 + [2] * 6
     assert all(np.isfinite(h["loss"]) for h in res.history)
     assert (tmp_path / "model.pt").exists() and (tmp_path / "train_log.csv").exists()
@@ -32,38 +32,38 @@ def test_training_changes_weights_and_logs(ci_cfg, toy_split, tmp_path):
 
 def test_same_seed_identical_weights_other_seed_differs(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3)
-    a = train(cfg, toy_split, tmp_path / "a", progress=False).model
-    b = train(cfg, toy_split, tmp_path / "b", progress=False).model
-    c = train(cfg.replace(seed=1), toy_split, tmp_path / "c", progress=False).model
+    a = train_model(cfg, toy_split, tmp_path / "a", progress=False).model
+    b = train_model(cfg, toy_split, tmp_path / "b", progress=False).model
+    c = train_model(cfg.replace(seed=1), toy_split, tmp_path / "c", progress=False).model
     assert _same_weights(a, b)
     assert not _same_weights(a, c)
 
 
 @pytest.mark.parametrize("stop", [4, 9])  # interrupted in stage 1, and in stage 2
 def test_resume_reaches_the_same_weights(ci_cfg, toy_split, tmp_path, stop):
-    full = train(ci_cfg, toy_split, tmp_path / "full", progress=False)
-    part = train(ci_cfg, toy_split, tmp_path / "part", progress=False, stop_after=stop)
+    full = train_model(ci_cfg, toy_split, tmp_path / "full", progress=False)
+    part = train_model(ci_cfg, toy_split, tmp_path / "part", progress=False, stop_after=stop)
     assert len(part.history) == stop and not (tmp_path / "part" / "model.pt").exists()
-    resumed = train(ci_cfg, toy_split, tmp_path / "part", progress=False, resume=True)
+    resumed = train_model(ci_cfg, toy_split, tmp_path / "part", progress=False, resume=True)
     assert _same_weights(full.model, resumed.model)
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
 
 
 def test_resume_refuses_a_different_config(ci_cfg, toy_split, tmp_path):
-    train(ci_cfg, toy_split, tmp_path, progress=False, stop_after=2)
+    train_model(ci_cfg, toy_split, tmp_path, progress=False, stop_after=2)
     with pytest.raises(ValueError, match="config differs"):
-        train(ci_cfg.replace(lr_student=0.1), toy_split, tmp_path, progress=False, resume=True)
+        train_model(ci_cfg.replace(lr_student=0.1), toy_split, tmp_path, progress=False, resume=True)
 
 
 def test_num_workers_do_not_change_results(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=2, seg_steps=2)
-    a = train(cfg, toy_split, tmp_path / "a", progress=False).model
-    b = train(cfg.replace(num_workers=2), toy_split, tmp_path / "b", progress=False).model
+    a = train_model(cfg, toy_split, tmp_path / "a", progress=False).model
+    b = train_model(cfg.replace(num_workers=2), toy_split, tmp_path / "b", progress=False).model
     assert _same_weights(a, b)
 
 
 def test_save_load_identical_predictions(ci_cfg, toy_split, tmp_path):
-    res = train(ci_cfg, toy_split, tmp_path, progress=False)
+    res = train_model(ci_cfg, toy_split, tmp_path, progress=False)
     loaded, ckpt = load_model(tmp_path / "model.pt")
     assert ckpt["config"]["teacher"] == ci_cfg.teacher and "torch" in ckpt["versions"]
     assert ckpt["normalisation"]["mean"] == pytest.approx([127 / 255] * 3)
