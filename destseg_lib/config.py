@@ -551,7 +551,7 @@ PRESETS: dict[str, DeSTSegConfig] = {
         seg_width=128, top_t=10, teacher="efficientnet_lite0", teacher_weights="imagenet",
         checkpoint_every=50, **QUICK_FIDELITY,
     ),
-    # CI: seconds; used by the tests and the notebooks' default parameters.
+    # CI: seconds; used by the tests, and by the notebooks when the tests execute them.
     "ci": DeSTSegConfig(
         preset="ci", image_size=64, batch_size=4, student_steps=6, seg_steps=6, seg_width=32,
         teacher="efficientnet_lite0", teacher_weights="imagenet", checkpoint_every=6, top_t=20,
