@@ -52,7 +52,8 @@ __all__ = [
     "pro_curve",
     "aupro",
     "iap",
-    "downsample_mask",
+    "binary_resize",
+    "label_regions",
     "upsample_maps",
     "evaluate",
     "MetricAccumulator",
@@ -126,7 +127,7 @@ def _maps_masks(maps, masks, allow_empty: bool = False) -> Tuple[np.ndarray, np.
     if k.shape != m.shape:
         raise MetricError(
             f"shape mismatch: maps {m.shape} vs masks {k.shape}; every map needs a mask of the "
-            f"same size. Resize first, e.g. masks = downsample_mask(masks, {m.shape[1:]}) "
+            f"same size. Resize first, e.g. masks = binary_resize(masks, {m.shape[1:]}) "
             "(the paper's protocol, Sec. 4.2) or maps = upsample_maps(maps, masks.shape[1:])"
         )
     if m.shape[0] == 0 and not allow_empty:
@@ -211,7 +212,7 @@ def _as_bool(k: np.ndarray, what: str, offset: int = 0) -> np.ndarray:
         hint = (
             " These look like 0/255 PNG masks: pass masks > 127."
             if k.dtype.kind in "iuf" and np.all(np.isin(vals, (255,)))
-            else " Threshold soft masks first (e.g. downsample_mask(...) rounds at 0.5, Sec. 4.2)."
+            else " Threshold soft masks first (e.g. binary_resize(...) rounds at 0.5, Sec. 4.2)."
         )
         raise MetricError(
             f"{what} must be binary (values 0/1 or True/False); found value(s) "
@@ -469,17 +470,15 @@ class MetricAccumulator:
         self._anom.append(sc)
         if not self._need_regions:
             return
-        n_lab, lab = cv2.connectedComponents(
-            np.ascontiguousarray(k2).view(np.uint8), connectivity=8, ltype=cv2.CV_32S
-        )
+        n_regions, lab = label_regions(k2)
         rid = lab[k2]
-        area = np.bincount(rid, minlength=n_lab)[1:]
+        area = np.bincount(rid, minlength=n_regions + 1)[1:]
         self._inv_area.append((1.0 / area)[rid - 1])
         order = np.lexsort((sc, rid))  # by region, then score ascending
         ends = np.cumsum(area)
         need = np.floor(self.ioi * area).astype(np.int64) + 1  # count > ioi*area
         self._thr.append(sc[order][ends - need])  # the need-th largest score of each region
-        self._n_regions += n_lab - 1
+        self._n_regions += n_regions
 
     def _sorted_pixels(self) -> np.ndarray:
         chunks = self._chunks
@@ -690,7 +689,7 @@ def evaluate(maps, masks, scores=None, labels=None, fpr_limit: float = 0.3, ioi:
     Args:
         maps: (N,H,W) float anomaly maps (float32 recommended; kept in its own precision), or a
             list of N (H_i, W_i) maps of several sizes (inputs that kept their aspect ratio).
-        masks: (N,H,W) bool/0-1 ground truth at the same size (see :func:`downsample_mask`), or a
+        masks: (N,H,W) bool/0-1 ground truth at the same size (see :func:`binary_resize`), or a
             list of N masks, each the size of its map.
         scores: (N,) image scores.  Default: the max of each map.  (The DeSTSeg scorer passes
             the mean of the top-T map values, Sec. 3.4 -- pass those here to match Table 1.)
@@ -739,9 +738,19 @@ def _resize_stack(a: np.ndarray, h: int, w: int) -> np.ndarray:
     return out[0] if single else out
 
 
-def downsample_mask(mask, size: SizeLike) -> np.ndarray:
-    """The paper's ground-truth downsampling (Sec. 4.2): bilinear resize of the 0/1 mask
-    (``cv2.INTER_LINEAR``) to ``size`` ((size, size) or (h, w)), then ``>= 0.5`` -> bool.
+def label_regions(mask) -> tuple[int, np.ndarray]:
+    """The instances of a bool mask (Sec. 4.2): maximal 8-connected regions.  Returns (number of
+    regions, H x W int32 labels with 0 = background and 1..n the regions) -- the one labelling that
+    the metrics (AUPRO, IAP), the thresholds and the explorers share."""
+    m = np.ascontiguousarray(np.asarray(mask, dtype=bool))
+    n, lab = cv2.connectedComponents(m.view(np.uint8), connectivity=8, ltype=cv2.CV_32S)
+    return n - 1, lab
+
+
+def binary_resize(mask, size: SizeLike) -> np.ndarray:
+    """Resize a 0/1 mask with OpenCV's bilinear filter (``cv2.INTER_LINEAR``) to ``size`` ((size,
+    size) or (h, w)), then ``>= 0.5`` -> bool (the rule of Sec. 4.2; the kit's evaluation resizes test
+    masks with :func:`destseg_lib.data.resize_mask`, the official code's antialiased filter).
     This keeps the shape of the mask without over- or under-estimating it (paper Fig. 2).
 
     Works on one (H, W) mask or an (N, H, W) stack.  Note: the official DeSTSeg code uses

@@ -24,10 +24,9 @@ from __future__ import annotations
 import math
 import re
 
-import cv2
 import numpy as np
 
-from .metrics import flat_pixels
+from .metrics import flat_pixels, label_regions
 
 RULES = ("best_f1", "instance_recall")
 METHODS = ("DeSTSeg", "DeST")
@@ -82,8 +81,8 @@ def region_detection_thresholds(maps: np.ndarray, masks: np.ndarray, ioi: float 
         mask = np.asarray(mask, bool)
         if not mask.any():
             continue
-        n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-        for r in range(1, n):
+        n, lab = label_regions(mask)
+        for r in range(1, n + 1):
             vals = np.sort(np.asarray(maps[i])[lab == r])[::-1]
             d.append(vals[int(math.floor(ioi * vals.size))])
             img.append(int(i))

@@ -19,20 +19,14 @@ from __future__ import annotations
 
 import math
 
-import cv2
 import numpy as np
 
-from .metrics import flat_pixels
+from .metrics import flat_pixels, label_regions
 from .thresholds import METHODS  # noqa: F401  (re-exported: the methods the explorers show)
 from .thresholds import best_f1_threshold, method_outputs, recall_threshold, region_detection_thresholds
 
 
 # ============================================================================ numbers
-
-def _regions(mask: np.ndarray) -> tuple[int, np.ndarray]:
-    n, lab = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    return n - 1, lab
-
 
 def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
@@ -127,7 +121,7 @@ def instance_table(preds, pixel_threshold: float, method: str = "DeSTSeg", ioi: 
     maps, _ = method_outputs(preds, method)
     rows = []
     for i in (j for j, m in enumerate(preds.masks) if np.any(m)):
-        k, lab = _regions(preds.masks[i])
+        k, lab = label_regions(preds.masks[i])
         for r in range(1, k + 1):
             region = lab == r
             vals = maps[i][region]
@@ -146,7 +140,7 @@ def false_positive_regions(preds, pixel_threshold: float, method: str = "DeSTSeg
     maps, _ = method_outputs(preds, method)
     rows = []
     for i in range(len(maps)):
-        k, lab = _regions(maps[i] >= pixel_threshold)
+        k, lab = label_regions(maps[i] >= pixel_threshold)
         for r in range(1, k + 1):
             region = lab == r
             if (region & preds.masks[i]).any():

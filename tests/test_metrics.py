@@ -21,7 +21,7 @@ from destseg_lib.metrics import (
     MetricAccumulator,
     MetricError,
     aupro,
-    downsample_mask,
+    binary_resize,
     evaluate,
     iap,
     image_auroc,
@@ -332,20 +332,20 @@ def test_evaluate_all_normal_warns_and_reports_nan():
     assert res["n_regions"] == 0 and res["n_anomalous_images"] == 0
 
 
-def test_downsample_mask_hand_example():
+def test_binary_resize_hand_example():
     m = np.zeros((4, 4), dtype=np.uint8)
     m[0:2, 0:2] = 1  # full 2x2 block -> 1.0
     m[2, 2] = m[2, 3] = 1  # half a block -> 0.5 -> kept (>= 0.5)
     m[0, 3] = 1  # a quarter -> 0.25 -> dropped
     expected = np.array([[True, False], [False, True]])
-    np.testing.assert_array_equal(downsample_mask(m, 2), expected)
-    stack = downsample_mask(np.stack([m, np.zeros_like(m)]).astype(bool), (2, 2))
+    np.testing.assert_array_equal(binary_resize(m, 2), expected)
+    stack = binary_resize(np.stack([m, np.zeros_like(m)]).astype(bool), (2, 2))
     assert stack.dtype == bool and stack.shape == (2, 2, 2)
     np.testing.assert_array_equal(stack[0], expected)
     assert not stack[1].any()
-    assert downsample_mask(m, (8, 6)).shape == (8, 6)  # (h, w), upsampling also fine
+    assert binary_resize(m, (8, 6)).shape == (8, 6)  # (h, w), upsampling also fine
     with pytest.raises(MetricError, match="255"):
-        downsample_mask(m * 255, 2)
+        binary_resize(m * 255, 2)
 
 
 def test_upsample_maps():
@@ -394,7 +394,7 @@ def test_input_errors_have_useful_messages():
     bad[1, 2, 3] = np.inf
     with pytest.raises(MetricError, match="inf"):
         evaluate(bad, masks)
-    with pytest.raises(MetricError, match=r"shape mismatch.*downsample_mask"):
+    with pytest.raises(MetricError, match=r"shape mismatch.*binary_resize"):
         aupro(maps, masks[:, :6, :6])
     with pytest.raises(MetricError, match=r"binary.*value\(s\) 2"):
         iap(maps, masks.astype(np.uint8) * 2)
@@ -426,3 +426,31 @@ def test_module_does_not_import_torch():
         "assert 'torch' not in sys.modules, 'metrics imported torch'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_label_regions_is_8_connected_by_brute_force():
+    from destseg_lib.metrics import label_regions
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        m = rng.random((7, 9)) < 0.35
+        n, lab = label_regions(m)
+        # brute force: flood fill over the 8 neighbours
+        seen, count = np.zeros_like(m), 0
+        for r0, c0 in zip(*np.nonzero(m)):
+            if seen[r0, c0]:
+                continue
+            count += 1
+            stack, members = [(r0, c0)], []
+            seen[r0, c0] = True
+            while stack:
+                r, c = stack.pop()
+                members.append((r, c))
+                for dr in (-1, 0, 1):
+                    for dc in (-1, 0, 1):
+                        rr, cc = r + dr, c + dc
+                        if 0 <= rr < 7 and 0 <= cc < 9 and m[rr, cc] and not seen[rr, cc]:
+                            seen[rr, cc] = True
+                            stack.append((rr, cc))
+            assert len({int(lab[p]) for p in members}) == 1 and lab[members[0]] > 0  # one region, one label
+        assert n == count and (lab > 0).sum() == m.sum() and lab.max() == n
