@@ -38,6 +38,7 @@ _DOWNLOAD_HINT = ("download it with `bash data_download.sh all <dir>` and point 
 _GRAYSCALE_PROBE = 3  # train images looked at to decide DatasetSplit.grayscale
 
 
+from .config import CHOICES  # noqa: E402  (the allowed values, declared once)
 from .errors import DataError  # noqa: E402  (DestSegError + ValueError; defined there, re-exported here)
 
 
@@ -362,7 +363,7 @@ def image_hw(path) -> tuple[int, int]:
 
 
 # ----------------------------------------------------------------------------- transforms
-_RESIZE_MODES = ("antialias", "cv2")
+_RESIZE_MODES = CHOICES["resize"]
 GREY_FILL = 114 / 255  # the official rotation augmentation fills uncovered corners with (114, 114, 114)
 
 
@@ -390,7 +391,7 @@ def resize_array(img: np.ndarray, hw: tuple[int, int], mode: str = "antialias") 
     return np.clip(np.rint(out), 0, 255).astype(np.uint8) if img.dtype == np.uint8 else out.astype(img.dtype)
 
 
-ASPECTS = ("square", "keep")
+ASPECTS = CHOICES["aspect"]
 
 
 def model_hw(hw: tuple[int, int], image_size: int, aspect: str = "square",
@@ -447,8 +448,8 @@ def rotate_augment(image: torch.Tensor, policy: str, rng: np.random.Generator,
     Bilinear ``cv2.warpAffine`` about the centre; uncovered corners are grey (114/255, official,
     ``fill="grey"``) or mirrored (``fill="reflect"``)."""
     _check_rotation(policy)
-    if fill not in ("grey", "reflect"):
-        raise DataError(f"rotation_fill={fill!r}: use 'grey' (official) or 'reflect'.")
+    if fill not in CHOICES["rotation_fill"]:
+        raise DataError(f"rotation_fill={fill!r}: use one of {CHOICES['rotation_fill']} (the first: official).")
     if policy == "none":
         return image
     if policy == "quarter":

@@ -27,6 +27,8 @@ from torchvision.models import resnet18
 from torchvision.models.resnet import BasicBlock
 from torchvision.models.segmentation.deeplabv3 import ASPP as TorchvisionASPP
 
+from .config import CHOICES
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 # EfficientNet-Lite (TF origin) expects (x*255 - 127) / 128.
 LITE_MEAN, LITE_STD = (127 / 255,) * 3, (128 / 255,) * 3
@@ -376,7 +378,7 @@ class SegmentationNet(nn.Module):
         elif aspp == "torchvision":
             aspp_module = TorchvisionASPP(width, [6, 12, 18], width)
         else:
-            raise ValueError(f"aspp={aspp!r}: choose 'official' or 'torchvision'")
+            raise ValueError(f"aspp={aspp!r}: choose one of {CHOICES['aspp']}")
         self.head = nn.Sequential(
             aspp_module,
             nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
@@ -459,8 +461,8 @@ class DeSTSeg(nn.Module):
         self.student = students[student_arch](self.teacher.channels, init)
         self.seg_input = seg_input
         levels = segmentation_level_channels(self.teacher.channels, seg_input)
-        if seg_fusion not in ("concat", "adaptive"):
-            raise ValueError(f"seg_fusion={seg_fusion!r}: choose 'concat' or 'adaptive'")
+        if seg_fusion not in CHOICES["seg_fusion"]:
+            raise ValueError(f"seg_fusion={seg_fusion!r}: choose one of {CHOICES['seg_fusion']}")
         self.segmentation = (SegmentationNet(sum(levels), seg_width, aspp, init,
                                              levels if seg_fusion == "adaptive" else None)
                              if segmentation else None)

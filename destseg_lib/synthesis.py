@@ -17,6 +17,8 @@ import math
 import cv2
 import numpy as np
 
+from .config import CHOICES
+
 
 def _fade(t: np.ndarray) -> np.ndarray:
     """Perlin's quintic fade curve 6t^5 - 15t^4 + 10t^3 (zero 1st and 2nd derivative at 0 and 1)."""
@@ -70,8 +72,8 @@ def perlin_mask(shape: tuple[int, int], rng: np.random.Generator, min_scale_exp:
     above its 99th percentile form the mask, so the mask is never empty (this also shifts the
     scales towards fine ones, which are rarely empty).
     """
-    if empty_masks not in ("allow", "redraw"):
-        raise ValueError(f"empty_masks={empty_masks!r}: choose 'allow' or 'redraw'")
+    if empty_masks not in CHOICES["empty_masks"]:
+        raise ValueError(f"empty_masks={empty_masks!r}: choose one of {CHOICES['empty_masks']}")
     tries = 1 if empty_masks == "allow" else max(1, max_retries)
     noise = mask = None
     for _ in range(tries):
