@@ -33,11 +33,10 @@ import os
 import warnings
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from .infer import forward_in, top_t_score
+from .infer import forward_in, maps_and_scores
 from .precision import check_precision
 
 # (conv, batchnorm) attribute pairs of known blocks whose forward applies the BN right after the conv.
@@ -95,14 +94,7 @@ class InferenceGraph(nn.Module):
         self.model, self.top_t, self.precision = model, int(top_t), check_precision(precision)
 
     def forward(self, images: torch.Tensor):
-        out = forward_in(self.model, images, self.precision)
-        size = images.shape[-2:]
-        de_st = out["de_st"][:, 0]
-        if "seg" in out:
-            seg = F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)[:, 0]
-        else:
-            seg = de_st
-        return seg, top_t_score(seg, self.top_t), de_st, top_t_score(de_st, self.top_t)
+        return maps_and_scores(forward_in(self.model, images, self.precision), images.shape[-2:], self.top_t)
 
 
 OUTPUT_NAMES = ("anomaly_map", "score", "de_st_map", "de_st_score")

@@ -65,12 +65,19 @@ def predict(model: DeSTSeg, images: torch.Tensor, top_t: int = 100, precision: s
     ``anomaly_map`` / ``de_st_map`` (B x H x W) and ``score`` / ``de_st_score`` (B).
     ``precision``: "float32" (the default, the paper's) or "bf16" (:func:`forward_in`)."""
     model.eval()
-    out = forward_in(model, images, precision)
+    seg, score, de_st, de_st_score = maps_and_scores(forward_in(model, images, precision), images.shape[-2:], top_t)
+    return {"anomaly_map": seg, "score": score, "de_st_map": de_st, "de_st_score": de_st_score}
+
+
+def maps_and_scores(out: dict, size, top_t: int = 100):
+    """The four outputs of inference from :func:`forward_in`'s dict, for an input of ``size``: the
+    segmentation output upsampled bilinearly to ``size`` (the DeST map for a model without
+    segmentation net), its top-T mean, the DeST map and its top-T mean.  The one definition that
+    :func:`predict`, :class:`destseg_lib.fast.InferenceGraph` and the ONNX export share."""
     de_st = out["de_st"][:, 0]
-    seg = (F.interpolate(out["seg"], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    seg = (F.interpolate(out["seg"], size=size, mode="bilinear", align_corners=False)[:, 0]
            if "seg" in out else de_st)
-    return {"anomaly_map": seg, "score": top_t_score(seg, top_t),
-            "de_st_map": de_st, "de_st_score": top_t_score(de_st, top_t)}
+    return seg, top_t_score(seg, top_t), de_st, top_t_score(de_st, top_t)
 
 
 @dataclass
