@@ -1,5 +1,10 @@
 """Self-describing checkpoints: config, versions, normalisation, weights, optimiser state, thresholds.
 
+A trained ``model.pt`` is never rewritten: the decision thresholds an evaluation chooses on a
+validation split live beside it, in ``model.thresholds.json`` (:func:`write_thresholds`), tied to
+the weights by their fingerprint; :func:`read_checkpoint` reads them into ``ckpt["thresholds"]``
+(copy both files to move a model with its thresholds).
+
 Writes are atomic (temporary file in the same folder, fsync, ``os.replace``): an interrupted save
 never leaves a truncated checkpoint behind, and the temporary file an interrupted save leaves is
 removed by :func:`remove_stale_temporaries` when the next run starts.  Files get the user's normal
@@ -25,7 +30,7 @@ import torch
 
 from .config import DeSTSegConfig
 from .errors import CheckpointError
-from .files import atomic_write
+from .files import atomic_write, atomic_write_text
 from .models import DeSTSeg
 
 # The checkpoint format: "destseg-kit/2" adds ``finished`` (a final model, or a training checkpoint
@@ -33,6 +38,46 @@ from .models import DeSTSeg
 # ``dataset``.  Files of format 1 still load: their ``finished`` is derived from ``step``.
 FORMAT = "destseg-kit/2"
 READABLE_FORMATS = ("destseg-kit/1", FORMAT)
+THRESHOLDS_FORMAT = "destseg-kit-thresholds/1"
+
+
+def thresholds_path(checkpoint) -> Path:
+    """Where the thresholds of ``checkpoint`` live: ``model.pt`` -> ``model.thresholds.json``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}.thresholds.json")
+
+
+def write_thresholds(checkpoint, ckpt: dict, thresholds: dict) -> Path:
+    """Store ``thresholds`` beside ``checkpoint`` (atomically), for the weights of ``ckpt``."""
+    import json
+
+    record = {"format": THRESHOLDS_FORMAT, "checkpoint": Path(checkpoint).name,
+              "fingerprint": _fingerprint_of(ckpt), "thresholds": thresholds}
+    return atomic_write_text(thresholds_path(checkpoint), json.dumps(record, indent=2) + "\n")
+
+
+def _fingerprint_of(ckpt: dict) -> str:
+    return ckpt.get("fingerprint") or weights_fingerprint(ckpt["model"])
+
+
+def _read_thresholds(path: Path, ckpt: dict) -> None:
+    """``ckpt["thresholds"]`` from the file beside the checkpoint, when there is one for these weights
+    (a file of other weights -- the model was retrained in place -- is ignored)."""
+    import json
+
+    side = thresholds_path(path)
+    if not side.is_file() or not isinstance(ckpt.get("model"), dict):
+        return
+    try:
+        record = json.loads(side.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{side} cannot be read ({e}): delete it (the model's thresholds are then "
+                              "chosen again by the next evaluation with a validation split)") from None
+    if not isinstance(record, dict) or record.get("format") != THRESHOLDS_FORMAT:
+        raise CheckpointError(f"{side} is not a destseg-kit thresholds file: delete or restore it")
+    if record.get("fingerprint") == _fingerprint_of(ckpt) and isinstance(record.get("thresholds"), dict):
+        ckpt["thresholds"] = record["thresholds"]
+        ckpt["thresholds_file"] = str(side)
 
 
 def versions() -> dict:
@@ -184,6 +229,7 @@ def read_checkpoint(path) -> dict:
         except Exception:
             total = None
         ckpt["finished"] = total is not None and ckpt.get("step", total) >= total and "optim_student" not in ckpt
+    _read_thresholds(path, ckpt)
     return ckpt
 
 

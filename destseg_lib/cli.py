@@ -283,9 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unfinished", action="store_true",
                    help="accept the checkpoint of an unfinished training run (every output then says so)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="image-score threshold (default: the one stored in the checkpoint)")
+                   help="image-score threshold (default: the one stored with the checkpoint)")
     p.add_argument("--pixel-threshold", type=float, default=None,
-                   help="anomaly-map threshold of the masks (default: the one stored in the checkpoint)")
+                   help="anomaly-map threshold of the masks (default: the one stored with the checkpoint)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--onnx", default=None, help="score with onnxruntime on this exported file (destseg export)")
     p.add_argument("--device", default="auto")

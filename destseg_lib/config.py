@@ -133,7 +133,7 @@ class DeSTSegConfig:
     baseline_size: int | None = None
     # --- decisions (not in the paper, which reports threshold-free metrics; see thresholds.py) ---
     # share of the test split held out as a validation split (stratified by defect type, seeded by
-    # val_seed), on which the image / pixel thresholds are chosen and stored in model.pt; metrics are
+    # val_seed), on which the image / pixel thresholds are chosen and stored beside model.pt; metrics are
     # then reported on the rest.  0 = the paper's protocol: every test image evaluated, no threshold.
     val_fraction: float = 0.0
     val_seed: int = 0

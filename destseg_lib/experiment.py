@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .checkpoint import atomic_torch_save, load_model, read_checkpoint
+from .checkpoint import load_model, read_checkpoint, write_thresholds
 from .config import DeSTSegConfig
 from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
 from .errors import ConfigError, DataError
@@ -311,9 +311,11 @@ def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: st
 
 
 def _store_thresholds(ckpt_path: Path, thresholds: dict) -> None:
-    """Record the validated thresholds in the checkpoint.  Without a validation split nothing new is
-    stored (the kit never stores a threshold chosen on the data it reports on): thresholds validated
-    by an earlier run stay, a test-set threshold of kit versions before validation splits is removed."""
+    """Record the validated thresholds beside the model (``model.thresholds.json``; the trained
+    ``model.pt`` is never rewritten).  Without a validation split nothing new is stored (the kit never
+    stores a threshold chosen on the data it reports on): thresholds validated by an earlier run
+    stay, a test-set threshold stored inside a checkpoint of kit versions before validation splits
+    is superseded by an empty record."""
     if not ckpt_path.exists():
         return
     ckpt = read_checkpoint(ckpt_path)
@@ -322,8 +324,7 @@ def _store_thresholds(ckpt_path: Path, thresholds: dict) -> None:
         thresholds = old if "chosen_on" in old else {}
     if old == thresholds:
         return
-    ckpt["thresholds"] = thresholds
-    atomic_torch_save(ckpt, ckpt_path)
+    write_thresholds(ckpt_path, ckpt, thresholds)
 
 
 def _figures(history, preds, test_set, fig_dir: Path, n_examples: int) -> list[Path]:

@@ -38,7 +38,7 @@ system, permission denied, a name too long) ends the run with one line naming th
 two inputs with the same stem in one folder (``a.png``, ``a.jpg``) keep their extension in the name
 (``a_png_map.png``).  Nothing is ever overwritten by another input.
 
-**Thresholds.**  Decisions use the thresholds stored in the checkpoint, which the kit chooses on a
+**Thresholds.**  Decisions use the thresholds stored with the checkpoint (``model.thresholds.json``), which the kit chooses on a
 validation split at training time (``val_fraction`` > 0; rule ``threshold_rule``, see
 :mod:`destseg_lib.thresholds`) — never on the test data.  ``image_threshold`` /
 ``pixel_threshold`` override them.  A threshold that is not a finite number (``nan``, ``inf``) is

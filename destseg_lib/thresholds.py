@@ -4,7 +4,7 @@ The paper reports threshold-free metrics (AUROC, AP, AUPRO) and the IAP operatin
 engineer who ships the model needs decisions: "is this image anomalous?" and "which pixels?".
 Here both thresholds are chosen on a *validation split* — part of the labelled test data held out
 before evaluation (:func:`validation_split`, ``val_fraction`` in the config) — by a stated rule,
-stored in the checkpoint with the rule and the data they came from, and reported on the other part.
+stored beside the checkpoint (``model.thresholds.json``) with the rule and the data they came from, and reported on the other part.
 
 Rules (``threshold_rule``):
 

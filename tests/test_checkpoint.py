@@ -67,3 +67,22 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
         p.write_bytes(b"x")
     assert sorted(remove_stale_temporaries(tmp_path)) == sorted(stale)
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
+
+
+def test_thresholds_live_beside_the_model_for_its_weights_only(ci_cfg, tmp_path):
+    from destseg_lib.checkpoint import thresholds_path, write_thresholds
+
+    model = build_model(ci_cfg)
+    ckpt = make_checkpoint(model, ci_cfg, finished=True)
+    path = atomic_torch_save(ckpt, tmp_path / "model.pt")
+    before = path.read_bytes()
+    t = {"image": 0.4, "pixel": 0.6, "rule": "best_f1", "chosen_on": "validation split"}
+    side = write_thresholds(path, read_checkpoint(path), t)
+    assert side == thresholds_path(path) == tmp_path / "model.thresholds.json"
+    assert read_checkpoint(path)["thresholds"] == t and path.read_bytes() == before
+    retrained = build_model(ci_cfg.replace(seed=1))  # a new model in the same place: other weights
+    atomic_torch_save(make_checkpoint(retrained, ci_cfg, finished=True), path)
+    assert read_checkpoint(path)["thresholds"] == {}  # the old model's thresholds are not its own
+    side.write_text("{not json")
+    with pytest.raises(CheckpointError, match="model.thresholds.json"):
+        read_checkpoint(path)

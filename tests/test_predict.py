@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from destseg_lib.checkpoint import read_checkpoint
+
 from destseg_lib.scoring import collect_inputs, map_to_png16, output_names, png16_to_map
 
 
@@ -40,7 +42,9 @@ def test_thresholds_chosen_on_the_validation_split_and_stored(trained):
     m = json.loads((out / "metrics.json").read_text())
     assert m["n_validation"] == 6 and m["n_test"] == 6  # 2 good + 1 per defect type held out
     assert m["results"]["DeSTSeg"]["n_images"] == 6  # metrics on the other half only
-    ckpt = torch.load(out / "model.pt", weights_only=True)
+    ckpt = read_checkpoint(out / "model.pt")  # the thresholds live beside the model, tied to its weights
+    assert torch.load(out / "model.pt", weights_only=True)["thresholds"] == {}  # model.pt is not rewritten
+    assert ckpt["thresholds_file"] == str(out / "model.thresholds.json")
     t = ckpt["thresholds"]
     assert t["rule"] == "best_f1" and t["method"] == "DeSTSeg" and "validation split" in t["chosen_on"]
     assert isinstance(t["image"], float) and isinstance(t["pixel"], float)
@@ -69,7 +73,7 @@ def test_predict_subprocess_writes_every_file_and_reports_failures(trained, tmp_
     n_test = sum(1 for _ in test_dir.rglob("*.png"))
     assert len(ok) == n_test + 1 and len(failed) == 3
     assert all(x["error"] for x in failed)
-    ckpt = torch.load(out / "model.pt", weights_only=True)
+    ckpt = read_checkpoint(out / "model.pt")
     t_img, t_pix = ckpt["thresholds"]["image"], ckpt["thresholds"]["pixel"]
     names = set()
     for row in ok:
@@ -156,8 +160,10 @@ def test_evaluating_again_without_a_validation_split_keeps_the_validated_thresho
     data, out = trained
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    before = torch.load(copy / "model.pt", weights_only=True)["thresholds"]
+    before = read_checkpoint(copy / "model.pt")["thresholds"]
+    model_bytes = (copy / "model.pt").read_bytes()
     r = _cli("run", "--preset", "ci", "--data-root", data, "--out", copy, "--device", "cpu")  # val_fraction=0
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads((copy / "metrics.json").read_text())["n_test"] == 12  # loaded, evaluated on all
-    assert torch.load(copy / "model.pt", weights_only=True)["thresholds"] == before
+    assert read_checkpoint(copy / "model.pt")["thresholds"] == before
+    assert (copy / "model.pt").read_bytes() == model_bytes  # evaluations never rewrite the trained model

@@ -161,8 +161,10 @@ def test_7_checkpoint_with_nan_weights_is_refused(trained, toy_root, tmp_path, c
 def test_10_evaluate_leaves_out_a_validation_split_chosen_after_training(trained, toy_root, tmp_path, capsys):
     out = _copy_run(tmp_path, trained[0])
     assert read_checkpoint(out / "model.pt")["config"]["val_fraction"] == 0
+    model_bytes = (out / "model.pt").read_bytes()
     assert main(["run", "--preset", "ci", "--data-root", str(toy_root), "--out", str(out), "--device", "cpu",
                  "--set", "val_fraction=0.5"]) == 0
+    assert (out / "model.pt").read_bytes() == model_bytes  # thresholds go beside the model, not into it
     stored = read_checkpoint(out / "model.pt")["thresholds"]
     assert stored["val_fraction"] == 0.5 and stored["n_validation"] > 0
     capsys.readouterr()
