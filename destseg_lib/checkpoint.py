@@ -1,4 +1,4 @@
-"""Self-describing checkpoints: config, versions, normalisation, weights, optimiser state, thresholds.
+"""Self-describing checkpoints: config, versions, weights (the input normalisation among them), optimiser state, thresholds.
 
 A trained ``model.pt`` is never rewritten: the decision thresholds an evaluation chooses on a
 validation split live beside it, in ``model.thresholds.json`` (:func:`write_thresholds`), tied to
@@ -180,7 +180,6 @@ def make_checkpoint(model: DeSTSeg, cfg: DeSTSegConfig, *, finished: bool, datas
         "format": FORMAT,
         "config": cfg.to_dict(),
         "versions": versions(),
-        "normalisation": {"mean": model.mean.flatten().tolist(), "std": model.std.flatten().tolist()},
         "model": weights,
         "fingerprint": weights_fingerprint(weights),
         "finished": bool(finished),

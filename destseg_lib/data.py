@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -68,6 +68,8 @@ class DatasetSplit:
     test: list[Sample]
     grayscale: bool
     rotation: str
+    # what validate_split last checked (a fingerprint of the files and the checks): not checked twice
+    validated: tuple | None = field(default=None, repr=False, compare=False)
 
 
 # ----------------------------------------------------------------------------- listing
@@ -728,7 +730,7 @@ def validate_split(split: DatasetSplit, require_test: bool = True, check_train: 
     pool): ~MVTec AD's 5,354 images and 1,258 masks at 1024^2 take seconds.  A split that passed is
     not checked again while its files are unchanged."""
     fp = _split_fingerprint(split)
-    done = getattr(split, "_validated", None)
+    done = split.validated
     if (done is not None and done[0] == fp and (done[1] or not require_test)
             and (done[2] or not check_train)):
         return split
@@ -766,5 +768,5 @@ def validate_split(split: DatasetSplit, require_test: bool = True, check_train: 
             f"dataset {split.name!r}: {len(problems)} problem(s) found before using it; fix or remove "
             f"these files (or re-extract the dataset with data_download.sh), then run again:\n  - "
             + "\n  - ".join(shown) + (f"\n  ... and {more} more" if more else ""))
-    split._validated = (fp, require_test, check_train)
+    split.validated = (fp, require_test, check_train)
     return split

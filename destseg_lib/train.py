@@ -9,7 +9,7 @@ step ``s`` reaches the same final weights as an uninterrupted run with the same 
 
 Precision: ``cfg.amp`` resolved for the device (:func:`destseg_lib.precision.resolve_precision`),
 printed at the start, stored in every checkpoint (``"precision"``: "float32" or "bf16") and in
-:attr:`TrainResult.extra`.
+:attr:`TrainResult.precision`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import math
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -332,7 +332,7 @@ class TrainResult:
     checkpoint: Path
     out_dir: Path
     seconds: float = 0.0
-    extra: dict = field(default_factory=dict)
+    precision: str = "float32"  # what training ran in (cfg.amp resolved for the device)
 
 
 def _grayscale(cfg: DeSTSegConfig, split: DatasetSplit) -> bool:
@@ -459,4 +459,4 @@ def _train(cfg, split, out_dir, device, resume, progress, stop_after, callback) 
         _write_log(history, out_dir)
         atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
     model.eval()
-    return TrainResult(model, history, final, out_dir, seconds, extra={"precision": precision})
+    return TrainResult(model, history, final, out_dir, seconds, precision)

@@ -155,11 +155,11 @@ def test_checkpoint_and_result_record_the_precision(ci_cfg, toy_split, tmp_path,
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3, checkpoint_every=2)
     ref = train_model(cfg, toy_split, tmp_path / "f32", progress=True)
     assert "precision: float32 (amp='off'" in capsys.readouterr().out  # one line at the start
-    assert ref.extra["precision"] == "float32"
+    assert ref.precision == "float32"
     assert read_checkpoint(tmp_path / "f32" / "model.pt")["precision"] == "float32"
     assert read_checkpoint(tmp_path / "f32" / "checkpoints" / "last.pt")["precision"] == "float32"
     res = train_model(cfg.replace(amp="bf16"), toy_split, tmp_path / "bf16", progress=False)
-    assert res.extra["precision"] == "bf16"
+    assert res.precision == "bf16"
     assert read_checkpoint(tmp_path / "bf16" / "model.pt")["precision"] == "bf16"
     assert read_checkpoint(tmp_path / "bf16" / "checkpoints" / "last.pt")["precision"] == "bf16"
     got, want = np.array([h["loss"] for h in res.history]), np.array([h["loss"] for h in ref.history])

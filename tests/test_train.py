@@ -66,7 +66,7 @@ def test_save_load_identical_predictions(ci_cfg, toy_split, tmp_path):
     res = train_model(ci_cfg, toy_split, tmp_path, progress=False)
     loaded, ckpt = load_model(tmp_path / "model.pt")
     assert ckpt["config"]["teacher"] == ci_cfg.teacher and "torch" in ckpt["versions"]
-    assert ckpt["normalisation"]["mean"] == pytest.approx([127 / 255] * 3)
+    assert ckpt["model"]["mean"].flatten().tolist() == pytest.approx([127 / 255] * 3)  # in the weights, once
     test = TestImages(toy_split.test, ci_cfg.image_size)
     p1 = predict_dataset(res.model, test, progress=False, top_t=ci_cfg.top_t)
     p2 = predict_dataset(loaded, test, progress=False, top_t=ci_cfg.top_t)
