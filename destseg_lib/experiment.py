@@ -269,7 +269,8 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
                                                    thresholds["image"], thresholds["pixel"])
     try:
         write_json(staging / "metrics.json", {"results": results, **meta})
-        write_csv(breakdown, staging / "per_defect.csv")
+        if breakdown:  # none when the test split lacks normal or defective images
+            write_csv(breakdown, staging / "per_defect.csv")
         write_csv([{"path": p, "defect_type": t, "label": int(l), "score": float(s),
                      "de_st_score": float(d),
                      **({} if preds.baseline_scores is None else {"baseline_score": float(preds.baseline_scores[k])})}
