@@ -64,3 +64,21 @@ def wide_root(toy_root, tmp_path_factory) -> Path:
             cv2.imwrite(str(out), (cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST) > 127)
                         .astype(np.uint8) * 255)
     return dst.parent
+
+
+@pytest.fixture(autouse=True)
+def _training_needs_the_slow_marker(request, monkeypatch):
+    """A test that trains a model must be marked ``slow`` (``make test-fast`` skips those): in any
+    other test, a training run's first step raises (a single ``training_step`` called directly, or a
+    run refused before its first step, stays allowed).  Trainings in module- or session-scoped
+    fixtures run before this check; every test using such a fixture is marked."""
+    if request.node.get_closest_marker("slow") is None:
+        import importlib
+
+        train_module = importlib.import_module("destseg_lib.train")
+
+        def refuse(*args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} trains a model: mark it @pytest.mark.slow")
+
+        monkeypatch.setattr(train_module, "training_step", refuse)
+    yield

@@ -89,6 +89,7 @@ def test_bad_amp_values_are_config_errors(bad):
         get_preset("ci", amp=bad)
 
 
+@pytest.mark.slow
 def test_old_checkpoint_with_bool_amp_loads(ci_cfg, tmp_path):
     model = build_model(ci_cfg)
     ckpt = make_checkpoint(model, ci_cfg, finished=True, step=ci_cfg.total_steps, history=[])
@@ -106,6 +107,7 @@ def ci_batch(toy_split):
     return SyntheticBatches(TrainImages.for_config(toy_split.train, cfg), synth, cfg.batch_size, cfg.seed)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", [1, 2])
 def test_bf16_training_step_is_finite_and_close_to_float32(ci_batch, stage):
     """bf16 keeps 8 significant bits (unit roundoff 2^-9 = 0.2 %); the loss is a mean over many pixels,
@@ -133,6 +135,7 @@ def test_bf16_training_step_is_finite_and_close_to_float32(ci_batch, stage):
     assert rows["bf16"]["loss"] != rows["float32"]["loss"]  # bf16 really ran (not silently float32)
 
 
+@pytest.mark.slow
 def test_float32_is_the_default_and_unchanged(ci_batch):
     """precision="float32" (also False, the old use_amp) is exactly the step without any autocast."""
     cfg = get_preset("ci")
@@ -146,6 +149,7 @@ def test_float32_is_the_default_and_unchanged(ci_batch):
         training_step(model, ci_batch, cfg, 2, None, "fp16")
 
 
+@pytest.mark.slow
 def test_checkpoint_and_result_record_the_precision(ci_cfg, toy_split, tmp_path, capsys):
     """A short run in each precision: the precision is printed, returned and stored in every
     checkpoint; the bf16 loss curve follows the float32 one.  Measured on the full ci run (6 + 6
@@ -191,6 +195,7 @@ def test_bf16_inference_is_close_to_float32(ci_cfg):
     assert float((fast["de_st_map"] - ref["de_st_map"]).abs().max()) < 0.05 * span
 
 
+@pytest.mark.slow
 def test_run_infers_in_the_configs_precision_and_records_both(ci_cfg, toy_split, tmp_path):
     """experiment.run: inference follows cfg.amp on the evaluating device; metrics.json records the
     inference precision and the training precision read from the checkpoint, which may differ (a bf16

@@ -121,6 +121,7 @@ def test_metrics_on_maps_of_several_sizes():
     assert d["pixel_tp"] + d["pixel_fn"] == int(flat_k.sum())
 
 
+@pytest.mark.slow
 def test_end_to_end_keep_aspect(wide_root, tmp_path):
     """Train (ci budget), evaluate, figures, thresholds, predict, ONNX on the non-square set."""
     from destseg_lib.experiment import run
@@ -148,6 +149,7 @@ def test_end_to_end_keep_aspect(wide_root, tmp_path):
         assert amap.shape == (int(row["height"]), int(row["width"]))
 
 
+@pytest.mark.slow
 def test_onnx_any_size(wide_root, tmp_path):
     pytest.importorskip("onnxruntime")
     from destseg_lib.export import OnnxScorer, export_onnx

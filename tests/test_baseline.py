@@ -154,6 +154,7 @@ def test_bank_is_deterministic_per_seed_and_whole_when_small():
         _baseline(5).score(torch.stack(train))
 
 
+@pytest.mark.slow
 def test_a_run_reports_the_baseline_row(toy_split, tmp_path):
     """The ci preset end to end: the row in the results, the table, metrics.json (with eval_size),
     per_defect.csv and per_image.csv; and its numbers are the metrics of its own maps."""

@@ -8,6 +8,7 @@ from destseg_lib.errors import CheckpointError
 from destseg_lib.train import build_model
 
 
+@pytest.mark.slow
 def test_round_trip_keeps_weights_config_and_fingerprint(ci_cfg, tmp_path):
     model = build_model(ci_cfg)
     ckpt = make_checkpoint(model, ci_cfg, finished=True, dataset="toy/toy_part")
@@ -33,6 +34,7 @@ def test_fingerprint_changes_with_any_weight_and_not_with_order(ci_cfg):
     assert weights_fingerprint(changed) != fp and len(fp) == 16
 
 
+@pytest.mark.slow
 def test_unfinished_nan_and_mismatched_checkpoints_are_refused(ci_cfg, tmp_path):
     model = build_model(ci_cfg)
     last = atomic_torch_save(make_checkpoint(model, ci_cfg, finished=False, step=3), tmp_path / "last.pt")
@@ -69,6 +71,7 @@ def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
     assert all(p.exists() for p in keep) and not any(p.exists() for p in stale)
 
 
+@pytest.mark.slow
 def test_thresholds_live_beside_the_model_for_its_weights_only(ci_cfg, tmp_path):
     from destseg_lib.checkpoint import thresholds_path, write_thresholds
 

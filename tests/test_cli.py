@@ -27,6 +27,7 @@ def demo_run(tmp_path_factory):
     return data, out, buf.getvalue()
 
 
+@pytest.mark.slow
 def test_demo_end_to_end_writes_numbers_and_figures(demo_run):
     import csv
 
@@ -55,6 +56,7 @@ def test_demo_end_to_end_writes_numbers_and_figures(demo_run):
     assert "optim_student" not in ckpt  # the final model carries no optimiser state
 
 
+@pytest.mark.slow
 def test_second_demo_loads_instead_of_training(demo_run, capsys):
     from destseg_lib.checkpoint import read_checkpoint, weights_fingerprint
 
@@ -69,6 +71,7 @@ def test_second_demo_loads_instead_of_training(demo_run, capsys):
     assert again == first  # the same model on the same images: the same numbers
 
 
+@pytest.mark.slow
 def test_predict_scores_own_images(demo_run, tmp_path, capsys):
     data, out, _ = demo_run
     img = next((data / "toy_part" / "test" / "hole").glob("*.png"))
@@ -83,6 +86,7 @@ def test_predict_scores_own_images(demo_run, tmp_path, capsys):
     assert np.load(tmp_path / "p" / gray_row["map_npy"]).shape == (50, 70)
 
 
+@pytest.mark.slow
 def test_evaluate_command(demo_run, tmp_path, capsys):
     data, out, _ = demo_run
     assert main(["evaluate", "--checkpoint", str(out / "model.pt"), "--data-root", str(data),
@@ -107,6 +111,7 @@ def test_bad_override_is_a_clear_error(tmp_path, capsys):
     assert code == 2 and "no_such_field" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_existing_model_with_another_config_is_refused(demo_run, capsys):
     data, out, _ = demo_run
     assert main(["demo", "--preset", "ci", "--data-root", str(data), "--out", str(out), "--device", "cpu"]) == 0
@@ -127,6 +132,7 @@ def test_run_train_and_demo_default_to_the_quick_preset():
     assert _parsed(["run", "--preset", "ci", "--set", "seg_steps=3"]).seg_steps == 3
 
 
+@pytest.mark.slow
 def test_config_file_repeats_a_run_and_refuses_typos(demo_run, tmp_path, capsys):
     from destseg_lib.config import DeSTSegConfig
 

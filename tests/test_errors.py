@@ -67,6 +67,7 @@ def test_errors_share_one_base_and_keep_their_old_types():
         assert issubclass(cls, DestSegError) and issubclass(cls, old)
 
 
+@pytest.mark.slow
 # ------------------------------------------------------------------ item 3: tracebacks -> one line
 @pytest.mark.parametrize("overrides, stage, lr", [
     (["lr_student=1e30"], 1, "lr_student"),  # NaN loss in stage 1 (was: FloatingPointError traceback)
@@ -93,6 +94,7 @@ def test_cuda_without_a_gpu_is_one_line(toy_root, tmp_path, capsys, monkeypatch)
     assert "'gpu'" in _one_line_error(capsys)
 
 
+@pytest.mark.slow
 def test_output_folder_that_cannot_be_created_is_one_line(toy_root, tmp_path, capsys):
     blocker = tmp_path / "a_file"
     blocker.write_text("not a folder")
@@ -116,6 +118,7 @@ def test_output_folder_without_write_permission_is_one_line(toy_root, tmp_path, 
     assert code == 2 and "Permission denied" in err and str(ro) in err
 
 
+@pytest.mark.slow
 def test_predict_reports_a_map_it_could_not_write(trained, tmp_path, capsys):
     import cv2
 
@@ -140,6 +143,7 @@ def test_debug_flag_shows_the_traceback(toy_root, tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ item 5: litter
+@pytest.mark.slow
 def test_stale_temporary_checkpoints_are_removed_on_the_next_start(toy_split, tmp_path):
     from destseg_lib.train import train_model
 
@@ -164,6 +168,7 @@ def _strict_json(path):
     return json.loads(Path(path).read_text(), parse_constant=refuse)
 
 
+@pytest.mark.slow
 def test_metrics_json_is_strict_json_when_a_class_is_missing(trained, toy_root, tmp_path, capsys):
     data = _toy_copy(toy_root, tmp_path / "toy", keep_defects=False)  # normal test images only
     out = _out_with_model(tmp_path, trained)
@@ -179,6 +184,7 @@ def test_metrics_json_is_strict_json_when_a_class_is_missing(trained, toy_root, 
     assert "per_image.csv" in summary and "metrics.json" in summary
 
 
+@pytest.mark.slow
 def test_evaluate_json_is_strict_too(trained, toy_root, tmp_path):
     data = _toy_copy(toy_root, tmp_path / "toy", keep_defects=False)
     assert main(["evaluate", "--checkpoint", str(trained), "--data-root", str(data), "--device", "cpu",
@@ -186,6 +192,7 @@ def test_evaluate_json_is_strict_too(trained, toy_root, tmp_path):
     assert _strict_json(tmp_path / "m.json")["DeSTSeg"]["image_auroc"] is None
 
 
+@pytest.mark.slow
 def test_failed_reevaluation_leaves_the_last_complete_one(trained, toy_root, tmp_path, capsys):
     data = _toy_copy(toy_root, tmp_path / "toy")
     out = _out_with_model(tmp_path, trained)
@@ -206,6 +213,7 @@ def test_failed_reevaluation_leaves_the_last_complete_one(trained, toy_root, tmp
 
 
 # ------------------------------------------------------------------ item 7: file modes
+@pytest.mark.slow
 def test_checkpoints_get_the_users_normal_file_mode(trained, tmp_path):
     old = os.umask(0o022)
     try:
@@ -251,6 +259,7 @@ def test_malicious_checkpoint_is_refused_and_runs_nothing(tmp_path, capsys, payl
     assert code == 2 and "refused" in _one_line_error(capsys) and not marker.exists()
 
 
+@pytest.mark.slow
 def test_everything_the_kit_stores_loads_with_weights_only(trained, toy_split, tmp_path):
     from destseg_lib.train import train_model
 

@@ -15,6 +15,7 @@ pytest.importorskip("onnx")
 TOL = 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over", [{}, {"student_arch": "teacher_decoder", "seg_fusion": "adaptive"},
                                   {"segmentation": False}], ids=["destseg", "pfadseg", "dest_only"])
 def test_onnx_equals_pytorch(tmp_path, over):

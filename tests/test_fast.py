@@ -36,6 +36,7 @@ def _model(over):
     return model.eval(), cfg
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("over", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "destseg")
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_folded_predictor_equals_plain_predict(over, channels_last):

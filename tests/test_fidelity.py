@@ -171,6 +171,7 @@ def test_ed_switch_builds_the_plain_resnet18_student():
     assert not torch.equal(model.student.stem[0].weight, model.teacher.stem[0].weight)
 
 
+@pytest.mark.slow
 def test_seg_switch_off_skips_stage_two(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(segmentation=False, student_steps=2)
     assert cfg.total_steps == 2

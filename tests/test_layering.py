@@ -142,12 +142,14 @@ def test_importing_viz_loads_neither_experiment_nor_train():
     assert not loaded["torch"], "viz should not need torch"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["widgets", "metrics", "viz"])
 def test_leaves_do_not_load_the_pipeline(module):
     loaded = _loaded_after(f"import destseg_lib.{module}")
     assert not {"destseg_lib.experiment", "destseg_lib.train", "destseg_lib.notebook"} & set(loaded["package"]), loaded
 
 
+@pytest.mark.slow
 def test_the_package_namespace_still_works():
     loaded = _loaded_after("import destseg_lib as ds\nimport destseg_lib.train as module\n"
                            "import types\nassert isinstance(module, types.ModuleType) and ds.train is module\n"

@@ -417,6 +417,7 @@ def test_input_errors_have_useful_messages():
     assert issubclass(MetricError, ValueError)
 
 
+@pytest.mark.slow
 def test_module_does_not_import_torch():
     path = Path(__file__).resolve().parents[1] / "destseg_lib" / "metrics.py"
     code = (

@@ -166,6 +166,7 @@ def _tiny(path: Path, body: str) -> None:
     nbformat.write(nb, path)
 
 
+@pytest.mark.slow
 def test_run_all_stops_at_the_first_failure(tmp_path):
     pytest.importorskip("papermill")
     books = tmp_path / "books"
@@ -187,6 +188,7 @@ def test_run_all_stops_at_the_first_failure(tmp_path):
     assert "boom hello" in (out / "01_broken.ipynb").read_text()  # the executed copy shows the error
 
 
+@pytest.mark.slow
 def test_run_all_succeeds_and_only_filters(tmp_path):
     pytest.importorskip("papermill")
     books = tmp_path / "books"
@@ -200,6 +202,7 @@ def test_run_all_succeeds_and_only_filters(tmp_path):
     assert [p.name for p in out.glob("*.ipynb")] == ["00_a.ipynb"]
 
 
+@pytest.mark.slow
 def test_run_all_inplace_records_provenance(tmp_path, monkeypatch):
     pytest.importorskip("papermill")
     books = tmp_path / "books"

@@ -61,6 +61,7 @@ def test_fusion_weights_depend_on_the_input_and_learn():
     assert all(g is not None and g.abs().sum() > 0 for g in grads)
 
 
+@pytest.mark.slow
 def test_pfadseg_trains_end_to_end_with_the_same_loop(ci_cfg, toy_split, tmp_path):
     from destseg_lib.train import train_model
     cfg = ci_cfg.replace(student_steps=2, seg_steps=2, **VARIANTS["pfadseg"])

@@ -37,6 +37,7 @@ def trained(tmp_path_factory):
     return data, out
 
 
+@pytest.mark.slow
 def test_thresholds_chosen_on_the_validation_split_and_stored(trained):
     data, out = trained
     m = json.loads((out / "metrics.json").read_text())
@@ -54,6 +55,7 @@ def test_thresholds_chosen_on_the_validation_split_and_stored(trained):
     assert set(m["decisions_on_test"]) >= {"image_f1", "pixel_f1"}
 
 
+@pytest.mark.slow
 def test_predict_subprocess_writes_every_file_and_reports_failures(trained, tmp_path):
     data, out = trained
     test_dir = data / "toy_part" / "test"
@@ -106,6 +108,7 @@ def test_predict_subprocess_writes_every_file_and_reports_failures(trained, tmp_
     assert len(rows) == 1 and rows[0]["decision"] == "anomalous"  # --threshold overrides the stored one
 
 
+@pytest.mark.slow
 def test_predict_scores_equal_the_evaluation_scores(trained, tmp_path):
     """The maps of predict (BN-folded graph, per-image resizing) are the evaluation's (infer.predict)."""
     data, out = trained
@@ -117,6 +120,7 @@ def test_predict_scores_equal_the_evaluation_scores(trained, tmp_path):
     assert evals and all(abs(pred[p] - s) < 1e-4 for p, s in evals.items())
 
 
+@pytest.mark.slow
 def test_checkpoint_without_thresholds_gives_scores_and_says_so(tmp_path):
     from destseg_lib.toy import make_toy_dataset
 
@@ -154,6 +158,7 @@ def test_png16_round_trip():
     assert np.allclose(png16_to_map(map_to_png16(a)), np.clip(a, 0, 1), atol=1 / 65535)
 
 
+@pytest.mark.slow
 def test_evaluating_again_without_a_validation_split_keeps_the_validated_thresholds(trained, tmp_path):
     import shutil
 

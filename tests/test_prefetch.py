@@ -71,6 +71,7 @@ def test_abandoning_the_iteration_stops_the_thread():
     assert len(made) <= 4 + 2 + 1  # at most `ahead` batches (+ the one being made) beyond those used
 
 
+@pytest.mark.slow
 def test_the_step_does_not_wait_when_synthesis_is_faster():
     """A batch that takes 30 ms to make and a step of 100 ms: made in the step, each waits 30 ms;
     prefetched, only the first one does (sleeps: the timing holds on a busy CPU too)."""
@@ -93,6 +94,7 @@ def test_the_step_does_not_wait_when_synthesis_is_faster():
     assert max(ahead[1:]) < 0.015 and ahead[0] > 0.025
 
 
+@pytest.mark.slow
 def test_training_with_prefetch_gives_identical_losses_and_weights(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3)
     a = train_model(cfg.replace(prefetch=0), toy_split, tmp_path / "a", progress=False)
@@ -105,6 +107,7 @@ def test_training_with_prefetch_gives_identical_losses_and_weights(ci_cfg, toy_s
     assert not _prefetch_threads()
 
 
+@pytest.mark.slow
 def test_resume_with_prefetch_reaches_the_same_weights(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3, checkpoint_every=2)  # resumed in stage 2
     full = train_model(cfg.replace(prefetch=0), toy_split, tmp_path / "full", progress=False)
@@ -115,6 +118,7 @@ def test_resume_with_prefetch_reaches_the_same_weights(ci_cfg, toy_split, tmp_pa
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_an_interrupt_in_training_stops_the_thread(ci_cfg, toy_split, tmp_path):
     def interrupt(row):
         if row["step"] == 2:

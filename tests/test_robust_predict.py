@@ -86,6 +86,7 @@ def _predict(inputs, out, scorer=None, **kw):
 
 
 # ----------------------------------------------------------------------------- item 1
+@pytest.mark.slow
 def test_export_never_overwrites_the_checkpoint_nor_an_existing_file(model_pt, tmp_path, capsys):
     ck = tmp_path / "model.pt"
     ck.write_bytes(model_pt.read_bytes())
@@ -144,6 +145,7 @@ def test_one_image_that_cannot_be_scored_is_a_row_and_the_batch_goes_on(tmp_path
 
 
 # ----------------------------------------------------------------------------- item 4
+@pytest.mark.slow
 def test_walks_and_recursive_globs_terminate_over_links_to_itself(tmp_path):
     root = tmp_path / "L"
     _image(root / "a.png")
@@ -175,6 +177,7 @@ def test_recursive_glob_matches_what_glob_matches_without_links(tmp_path, monkey
 
 
 # ----------------------------------------------------------------------------- item 6 (predict side)
+@pytest.mark.slow
 def test_unfinished_checkpoint_needs_allow_unfinished_and_every_row_says_so(tmp_path, capsys):
     last = _checkpoint(tmp_path / "last.pt", finished=False, step=3)
     img = _image(tmp_path / "in" / "a.png")
@@ -227,6 +230,7 @@ def test_non_finite_scores_or_maps_are_errors_never_normal(tmp_path):
 
 
 # ----------------------------------------------------------------------------- item 8
+@pytest.mark.slow
 def test_onnx_of_another_checkpoint_is_refused(model_pt, tmp_path, capsys):
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxruntime")
@@ -315,6 +319,7 @@ def test_disk_full_is_one_line_naming_the_file_and_leaves_nothing_truncated(mode
 
 
 # ----------------------------------------------------------------------------- item 17
+@pytest.mark.slow
 def test_interrupted_predict_keeps_its_rows_and_resumes(tmp_path, model_pt, capsys):
     files = [_image(tmp_path / "in" / f"{k}.png", value=90 + 10 * k) for k in range(5)]
     out = tmp_path / "out"

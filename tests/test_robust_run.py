@@ -344,6 +344,7 @@ def test_18_bad_seeds_name_the_option(tmp_path, capsys):
     assert code == 2 and "--seeds a" in line
 
 
+@pytest.mark.slow
 def test_18_truncated_checkpoint_message_is_whole(trained, tmp_path, capsys, toy_root):
     data = trained[0].read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])

@@ -15,6 +15,7 @@ def _same_weights(a, b):
     return all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+@pytest.mark.slow
 def test_training_changes_weights_and_logs(ci_cfg, toy_split, tmp_path):
     res = train_model(ci_cfg, toy_split, tmp_path, progress=False)
     assert [h["stage"] for h in res.history] == [1] * 6 + [2] * 6
@@ -30,6 +31,7 @@ def test_training_changes_weights_and_logs(ci_cfg, toy_split, tmp_path):
     assert torch.equal(init.teacher.stem[0].weight, res.model.teacher.stem[0].weight)  # frozen
 
 
+@pytest.mark.slow
 def test_same_seed_identical_weights_other_seed_differs(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=3, seg_steps=3)
     a = train_model(cfg, toy_split, tmp_path / "a", progress=False).model
@@ -39,6 +41,7 @@ def test_same_seed_identical_weights_other_seed_differs(ci_cfg, toy_split, tmp_p
     assert not _same_weights(a, c)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stop", [4, 9])  # interrupted in stage 1, and in stage 2
 def test_resume_reaches_the_same_weights(ci_cfg, toy_split, tmp_path, stop):
     full = train_model(ci_cfg, toy_split, tmp_path / "full", progress=False)
@@ -49,12 +52,14 @@ def test_resume_reaches_the_same_weights(ci_cfg, toy_split, tmp_path, stop):
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(ci_cfg, toy_split, tmp_path):
     train_model(ci_cfg, toy_split, tmp_path, progress=False, stop_after=2)
     with pytest.raises(ValueError, match="config differs"):
         train_model(ci_cfg.replace(lr_student=0.1), toy_split, tmp_path, progress=False, resume=True)
 
 
+@pytest.mark.slow
 def test_num_workers_do_not_change_results(ci_cfg, toy_split, tmp_path):
     cfg = ci_cfg.replace(student_steps=2, seg_steps=2)
     a = train_model(cfg, toy_split, tmp_path / "a", progress=False).model
@@ -62,6 +67,7 @@ def test_num_workers_do_not_change_results(ci_cfg, toy_split, tmp_path):
     assert _same_weights(a, b)
 
 
+@pytest.mark.slow
 def test_save_load_identical_predictions(ci_cfg, toy_split, tmp_path):
     res = train_model(ci_cfg, toy_split, tmp_path, progress=False)
     loaded, ckpt = load_model(tmp_path / "model.pt")

@@ -154,6 +154,7 @@ def test_no_instances_is_an_error():
 ipywidgets = pytest.importorskip("ipywidgets")
 
 
+@pytest.mark.slow
 def test_threshold_explorer_updates_headless():
     preds = make_preds(8)
     images = [{"image": torch.rand(3, 20, 20, generator=torch.Generator().manual_seed(i))} for i in range(len(preds.maps))]
