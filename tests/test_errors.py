@@ -67,8 +67,8 @@ def test_errors_share_one_base_and_keep_their_old_types():
         assert issubclass(cls, DestSegError) and issubclass(cls, old)
 
 
+# ------------------------------------------------------------------ tracebacks -> one line
 @pytest.mark.slow
-# ------------------------------------------------------------------ item 3: tracebacks -> one line
 @pytest.mark.parametrize("overrides, stage, lr", [
     (["lr_student=1e30"], 1, "lr_student"),  # NaN loss in stage 1 (was: FloatingPointError traceback)
     # stage 2 straight away, diverging (was: "all elements of input should be between 0 and 1")
