@@ -420,3 +420,20 @@ def plot_segmentation_predictions(model, images, masks, path=None, n: int = 6):
             "prediction": list(out["anomaly_map"].float().cpu().numpy())}
     return viz.plot_image_rows(rows, cmaps={"prediction": viz.ANOMALY_CMAP}, ranges={"prediction": viz.PROB_RANGE},
                                colorbars=("prediction",), path=path)
+
+
+def layer_summary(module, title: str | None = None) -> str:
+    """A readable summary of a network: one line per direct child (name, type, parameters) and the
+    total -- what each part of the student or the segmentation net weighs."""
+    rows = []
+    for name, child in module.named_children():
+        n = sum(p.numel() for p in child.parameters())
+        convs = [m for m in child.modules() if m.__class__.__name__ == "Conv2d"]
+        out = f"-> {convs[-1].out_channels} ch" if convs else ""
+        rows.append((name, type(child).__name__, n, out))
+    width = max([len(r[0]) for r in rows] + [4])
+    total = sum(p.numel() for p in module.parameters())
+    lines = [title or type(module).__name__]
+    lines += [f"  {name:<{width}}  {kind:<22} {n:>11,} params  {out}" for name, kind, n, out in rows]
+    lines.append(f"  {'total':<{width}}  {'':<22} {total:>11,} params")
+    return "\n".join(lines)

@@ -368,7 +368,7 @@ def train_model(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", 
     out_dir = Path(out_dir)
     new_folders = [f for f in (out_dir, out_dir / "checkpoints") if not f.exists()]
     try:
-        return _train(cfg, split, out_dir, device, resume, progress, stop_after, callback)
+        return training_loop(cfg, split, out_dir, device, resume, progress, stop_after, callback)
     except BaseException:  # a run that fails before its first checkpoint leaves no empty folders
         for folder in reversed(new_folders):
             try:
@@ -378,7 +378,10 @@ def train_model(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", 
         raise
 
 
-def _train(cfg, split, out_dir, device, resume, progress, stop_after, callback) -> TrainResult:
+def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, callback) -> TrainResult:
+    """The loop around :func:`training_step` (what :func:`train_model` runs): build or resume the
+    model and its optimisers, make the synthetic batches of each step, run the step, log it, write
+    checkpoints atomically every ``checkpoint_every`` steps, and the final ``model.pt``."""
     cfg.validate()
     validate_split(split, require_test=False)  # every image and mask, before any training step
     device = torch.device(device)

@@ -198,8 +198,10 @@ def plot_image_rows(rows: dict, titles=None, path=None, cmaps=None, size: float 
     """A grid: one row per entry of ``rows`` (name -> list of images / masks / maps).
 
     ``cmaps``: name -> colormap (2-D arrays default to gray on 0-1); ``ranges``: name -> (vmin,
-    vmax), shared by the whole row; ``colorbars``: names of the rows that get a colorbar."""
+    vmax), shared by the whole row; ``colorbars``: names of the rows that get a colorbar; ``titles``:
+    one list for the panels of the first row, or one list per row."""
     names = list(rows)
+    per_row = bool(titles) and isinstance(titles[0], (list, tuple))
     n = max(len(v) for v in rows.values())
     fig, axes = plt.subplots(len(names), n, figsize=(size * n, size * len(names) + 0.2), squeeze=False)
     bars = []
@@ -215,8 +217,10 @@ def plot_image_rows(rows: dict, titles=None, path=None, cmaps=None, size: float 
             cmap = (cmaps or {}).get(name, "gray" if a.ndim == 2 else None)
             lim = (ranges or {}).get(name, (0, 1) if a.ndim == 2 and cmap == "gray" else None)
             last = ax.imshow(a, cmap=cmap, **({"vmin": lim[0], "vmax": lim[1]} if lim else {}))
-            if titles is not None and r == 0:
-                ax.set_title(titles[c], fontsize=7)
+            if titles is not None and (per_row or r == 0):
+                row_titles = titles[r] if per_row else titles
+                if c < len(row_titles):
+                    ax.set_title(row_titles[c], fontsize=9)
         axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right",
                         va="center", fontsize=8)
         if name in colorbars and last is not None:
@@ -391,19 +395,25 @@ def plot_perlin_lattice(noise: np.ndarray, angles: np.ndarray, path=None):
     return _save(fig, path)
 
 
+KEY_TITLES = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "aupro": "AUPRO",
+              "iap": "IAP", "iap90": "IAP@90"}
+
+
 def plot_per_defect(rows: list[dict], keys=("image_auroc", "pixel_ap", "iap"), path=None):
-    """Grouped bars: one panel per metric, one group per defect type, DeSTSeg vs DeST only."""
+    """Grouped bars: one panel per metric (percent, as the tables), one group per defect type,
+    DeSTSeg vs DeST only."""
     kinds = sorted({r["defect_type"] for r in rows})
     methods = sorted({r["method"] for r in rows}, key=lambda m: m != "DeSTSeg")
     fig, axes = plt.subplots(1, len(keys), figsize=(3.4 * len(keys), 2.8), squeeze=False)
     width = 0.8 / max(1, len(methods))
     for ax, key in zip(axes[0], keys):
         for j, m in enumerate(methods):
-            vals = [next((r[key] for r in rows if r["defect_type"] == k and r["method"] == m), np.nan) for k in kinds]
+            vals = [100 * next((r[key] for r in rows if r["defect_type"] == k and r["method"] == m), np.nan)
+                    for k in kinds]  # percent, as the tables
             ax.bar(np.arange(len(kinds)) + (j - (len(methods) - 1) / 2) * width, vals, width, label=m,
                    color=METHOD_COLOURS.get(m))
         ax.set_xticks(np.arange(len(kinds)), kinds, rotation=30, fontsize=8)
-        ax.set(title=key, ylim=(0, 1), yticks=np.linspace(0, 1, 6))
+        ax.set(title=KEY_TITLES.get(key, key), ylim=(0, 100), yticks=np.linspace(0, 100, 6), ylabel="percent")
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     legend_above(fig, axes)

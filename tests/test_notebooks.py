@@ -222,3 +222,66 @@ def test_run_all_inplace_records_provenance(tmp_path, monkeypatch):
     assert meta["parameters"] == {"greeting": "hello"} and meta["seconds"] >= 0
     assert "run_all.py" in nb.cells[0].source and meta["machine"] in nb.cells[0].source
     assert "papermill" not in nb.metadata
+
+
+# ------------------------------------------------------------------ stored outputs that went stale
+_SHOWN = re.compile(r"`(destseg_lib/[\w/]+\.py)`, lines (\d+)-(\d+):\n\n```python\n(.*?)\n```", re.S)
+
+
+def _stored_texts(nb):
+    for c in nb.cells:
+        for o in c.get("outputs", []) if c.cell_type == "code" else []:
+            yield c, "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/markdown", "")) \
+                + "".join(o.get("data", {}).get("text/plain", ""))
+
+
+def stale_outputs(path: Path) -> list[str]:
+    """What in a notebook's stored outputs no longer matches the library or the run: show_source
+    blocks whose lines are not the file's lines at those numbers, temporary paths, a provenance
+    record that disagrees with the parameters cell."""
+    nb = _read(path)
+    root = NB_DIR.parent
+    problems = []
+    for _, text in _stored_texts(nb):
+        for f, a, b, code in _SHOWN.findall(text):
+            source = (root / f).read_text(encoding="utf-8").splitlines()[int(a) - 1:int(b)]
+            if "\n".join(source).rstrip() != code.rstrip():
+                problems.append(f"show_source of {f} lines {a}-{b} no longer matches the file")
+        for tmp in re.findall(r"/tmp/[\w.-]+", text):
+            problems.append(f"a temporary path in a stored output: {tmp}")
+    prov = nb.metadata.get("destseg_provenance")
+    params = next((c.source for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])), "")
+    if prov is None:
+        problems.append("no destseg_provenance in the metadata (refresh with notebooks/run_all.py --inplace)")
+    else:
+        for key in ("preset", "dataset"):
+            m = re.search(rf"^{key}\s*=\s*\"(\w+)\"", params, re.M)
+            if m and prov.get(key) != m.group(1):
+                problems.append(f"stored outputs are from {key}={prov.get(key)!r}, the parameters cell says {m.group(1)!r}")
+    return problems
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_stored_outputs_are_not_stale(name):
+    problems = stale_outputs(NB_DIR / name)
+    assert not problems, "refresh with `python notebooks/run_all.py --inplace --runs runs/notebooks_refresh`: " \
+        + "; ".join(problems)
+
+
+def test_the_stale_check_finds_what_it_looks_for(tmp_path):
+    """The check fails on a notebook whose show_source block is off by a line and which names a
+    temporary run folder (what the stored outputs held before they were refreshed)."""
+    import nbformat
+
+    nb = _read(NB_DIR / "02_denoising_student.ipynb")
+    for c, _ in _stored_texts(nb):
+        for o in c.outputs:
+            if "text/markdown" in o.get("data", {}):
+                o["data"]["text/markdown"] = re.sub(r"lines (\d+)-", lambda m: f"lines {int(m.group(1)) + 1}-",
+                                                    o["data"]["text/markdown"], count=1)
+            if "text" in o:
+                o["text"] = o["text"].replace("<repo>/runs", "/tmp/destseg-refresh-x1y2")
+    bad = tmp_path / "02_denoising_student.ipynb"
+    nbformat.write(nb, str(bad))
+    problems = stale_outputs(bad)
+    assert any("show_source" in p for p in problems) and any("/tmp/destseg-refresh-x1y2" in p for p in problems)

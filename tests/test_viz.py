@@ -54,3 +54,12 @@ def test_loss_figure_has_both_stages():
     assert [line.get_label() for line in fig.axes[1].lines] == ["total (Eq. 7)", "focal (Eq. 5)", "L1 (Eq. 6)"]
     assert len(viz.figure_png(fig)) > 1000
     matplotlib.pyplot.close(fig)
+
+
+def test_image_rows_take_titles_per_row():
+    rows = {"a": [np.zeros((4, 4))] * 2, "b": [np.ones((4, 4))] * 2}
+    fig = viz.plot_image_rows(rows, titles=[["t = 0", "t = 1"], ["0°", "30°"]])
+    assert [ax.get_title() for ax in fig.axes] == ["t = 0", "t = 1", "0°", "30°"]
+    fig = viz.plot_image_rows(rows, titles=["x", "y"])  # one list: the first row only
+    assert [ax.get_title() for ax in fig.axes] == ["x", "y", "", ""]
+    matplotlib.pyplot.close("all")
