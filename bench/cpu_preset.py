@@ -1,7 +1,7 @@
 """Choosing a CPU preset on real data, by measurement, without tuning on the reported data.
 
 Magnetic Tile Defects' test split (the defective images and the held-out good ones) is cut in two
-halves, seeded and stratified by defect type (``thresholds.validation_split``, ``val_fraction=0.5``,
+halves, seeded and stratified by defect type (``thresholds.split_off_validation``, ``val_fraction=0.5``,
 ``val_seed=0``).  Every lever is judged on the **validation half**; only the chosen preset's final
 runs (``--final``) are reported on the **test half**.  The training data (MTD's good images) is the
 same for every run.
@@ -33,7 +33,7 @@ from destseg_lib.data import TestImages
 from destseg_lib.experiment import evaluate_predictions, load_or_train, open_split
 from destseg_lib.infer import predict_dataset, top_t_score
 from destseg_lib.metrics import image_auroc
-from destseg_lib.thresholds import validation_split
+from destseg_lib.thresholds import split_off_validation
 from destseg_lib.train import config_differences
 
 KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap")
@@ -76,7 +76,7 @@ def measure(cfg, split, out: Path, progress: bool = False) -> dict:
     t0 = time.perf_counter()
     model, _ = load_or_train(cfg, split, out, progress=progress)
     t_train = time.perf_counter() - t0
-    val, test = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
+    val, test = split_off_validation(split.test, cfg.val_fraction, cfg.val_seed)
     d = {"config": cfg.to_dict(), "train_seconds": round(t_train, 1), "n_val": len(val), "n_test": len(test)}
     t1 = time.perf_counter()
     for name, samples in (("validation", val), ("test", test)):

@@ -42,7 +42,7 @@ _EXPORTS = {
     "synthesis": ("AnomalySynthesizer", "blend_anomaly", "perlin_mask", "perlin_noise"),
     "textures": ("BuiltinTextures", "FolderTextures", "make_texture_source"),
     "scoring": ("predict_files",),
-    "thresholds": ("choose_thresholds", "validation_split"),
+    "thresholds": ("choose_thresholds", "split_off_validation"),
     "toy": ("make_toy_dataset",),
     "train": ("train_model",),
 }

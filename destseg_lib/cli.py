@@ -143,7 +143,7 @@ def cmd_evaluate(args) -> int:
     from .experiment import evaluate_predictions, format_table, open_split, write_json
     from .infer import predict_dataset
     from .precision import resolve_precision
-    from .thresholds import validation_of, validation_split
+    from .thresholds import validation_of, split_off_validation
 
     device = _device(args.device)
     model, ckpt = load_model(args.checkpoint, device, allow_unfinished=args.allow_unfinished)
@@ -154,7 +154,7 @@ def cmd_evaluate(args) -> int:
     split = open_split(args.dataset, args.data_root, args.category)
     validate_split(split, require_test=True, check_train=False)  # every test image and mask, up front
     val_fraction, val_seed = validation_of(ckpt, cfg)
-    val, test = validation_split(split.test, val_fraction, val_seed)
+    val, test = split_off_validation(split.test, val_fraction, val_seed)
     if val:  # the images its thresholds were chosen on are not evaluated
         print(f"evaluating {len(test)} of {len(split.test)} test images: the other {len(val)} are the "
               f"validation split its thresholds were chosen on (val_fraction={val_fraction}, val_seed={val_seed})")

@@ -28,12 +28,11 @@ from .files import atomic_write_text, write_csv
 from .baseline import BASELINE_NAME, add_baseline
 from .infer import Predictions, predict_dataset
 from .precision import resolve_precision
-from .thresholds import choose_thresholds, decision_stats, method_outputs, validation_split
+from .thresholds import choose_thresholds, decision_stats, method_outputs, split_off_validation
 from .toy import CATEGORY as TOY_CATEGORY
 from .toy import make_toy_dataset
 from .train import check_same_dataset, config_differences, train_model
 
-METHODS = ("DeSTSeg", "DeST")
 TABLE_KEYS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
 
 
@@ -240,7 +239,7 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     remove_stale_staging(out_dir)
     # this evaluation's files are written here and swapped in at the end (see EVAL_OUTPUTS)
     staging = out_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
-    val_samples, test_samples = validation_split(split.test, cfg.val_fraction, cfg.val_seed)
+    val_samples, test_samples = split_off_validation(split.test, cfg.val_fraction, cfg.val_seed)
     # inference in the precision that cfg.amp gives on this device (the paper's: float32)
     precision = resolve_precision(cfg.amp, device)
     thresholds = {}

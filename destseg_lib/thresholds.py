@@ -3,7 +3,7 @@
 The paper reports threshold-free metrics (AUROC, AP, AUPRO) and the IAP operating point; an
 engineer who ships the model needs decisions: "is this image anomalous?" and "which pixels?".
 Here both thresholds are chosen on a *validation split* — part of the labelled test data held out
-before evaluation (:func:`validation_split`, ``val_fraction`` in the config) — by a stated rule,
+before evaluation (:func:`split_off_validation`, ``val_fraction`` in the config) — by a stated rule,
 stored beside the checkpoint (``model.thresholds.json``) with the rule and the data they came from, and reported on the other part.
 
 Rules (``threshold_rule``):
@@ -41,7 +41,7 @@ def method_outputs(preds, method: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ----------------------------------------------------------------------------- validation split
-def validation_split(samples: list, fraction: float, seed: int = 0) -> tuple[list, list]:
+def split_off_validation(samples: list, fraction: float, seed: int = 0) -> tuple[list, list]:
     """``samples`` (:class:`~destseg_lib.data.Sample`) split into (validation, test), stratified by
     ``defect_type`` ("good" is a type too): within each type the samples, sorted by path, are
     permuted with ``np.random.default_rng([seed, k])`` (k = the type's index in sorted order) and the

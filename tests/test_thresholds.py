@@ -5,7 +5,7 @@ import pytest
 from destseg_lib import metrics
 from destseg_lib.data import Sample
 from destseg_lib.thresholds import (best_f1_threshold, choose_thresholds, decision_stats, recall_threshold,
-                                    region_detection_thresholds, validation_split)
+                                    region_detection_thresholds, split_off_validation)
 
 
 def _samples():
@@ -17,21 +17,21 @@ def _samples():
 
 def test_validation_split_is_stratified_disjoint_and_seeded():
     s = _samples()
-    val, test = validation_split(s, 0.4, seed=3)
+    val, test = split_off_validation(s, 0.4, seed=3)
     assert {x.path for x in val}.isdisjoint({x.path for x in test})
     assert len(val) + len(test) == len(s)
     count = lambda part, k: sum(x.defect_type == k for x in part)  # noqa: E731
     assert (count(val, "good"), count(val, "crack"), count(val, "hole")) == (4, 2, 2)
     assert count(val, "rare") == 0 and count(test, "rare") == 1  # a single image stays in test
-    assert validation_split(s, 0.4, seed=3) == (val, test)  # deterministic
-    assert validation_split(list(reversed(s)), 0.4, seed=3)[0] == list(reversed(val))  # order-free choice
-    assert validation_split(s, 0.4, seed=4)[0] != val
-    assert validation_split(s, 0.0) == ([], s)
+    assert split_off_validation(s, 0.4, seed=3) == (val, test)  # deterministic
+    assert split_off_validation(list(reversed(s)), 0.4, seed=3)[0] == list(reversed(val))  # order-free choice
+    assert split_off_validation(s, 0.4, seed=4)[0] != val
+    assert split_off_validation(s, 0.0) == ([], s)
     # each type keeps at least one image for test and gives at least one to validation
-    val, test = validation_split(s, 0.99)
-    assert count(test, "crack") == 1 and count(validation_split(s, 0.01)[0], "crack") == 1
+    val, test = split_off_validation(s, 0.99)
+    assert count(test, "crack") == 1 and count(split_off_validation(s, 0.01)[0], "crack") == 1
     with pytest.raises(ValueError, match="val_fraction"):
-        validation_split(s, 1.0)
+        split_off_validation(s, 1.0)
 
 
 def _brute_best_f1(scores, labels):
