@@ -1,27 +1,22 @@
 """destseg_lib — DeSTSeg (Zhang et al., CVPR 2023) in pure PyTorch.
 
-One module per section of the paper::
+The modules, by role (a module imports only from its own group and the groups above it;
+``tests/test_layering.py`` checks it)::
 
-    config      every hyper-parameter, presets "paper" / "quick" / "ci"
-    data        MVTec AD layout, Magnetic Tile Defects, your own folders (Sec. 4.1)
-    toy         an embedded toy dataset with real (non-synthetic) defects
-    synthesis   Perlin anomaly masks and Eq. 1 blending (Sec. 3.1)
-    textures    anomaly-source textures: DTD folder or built-in procedural ones
-    models      teacher, denoising student, segmentation net (Sec. 3.2, 3.3)
-    losses      cosine (Eq. 3-4), focal + L1 (Eq. 5-7)
-    train       two-stage training (train_model), checkpoints, resume (Sec. 3.4)
-    infer       anomaly maps and top-T image scores (Sec. 3.4)
-    baseline    a training-free nearest-neighbour yardstick on the teacher's patches (PatchCore's idea)
-    metrics     exact image/pixel AUROC, AP, AUPRO, IAP, IAP@90 (Sec. 4.2)
-    experiment  train-or-load -> predict -> evaluate -> figures
-    thresholds  decision thresholds chosen on a validation split (best F1 / instance recall)
-    scoring     scoring your own images: maps, overlays, masks, one CSV (destseg predict)
-    fast        the same inference, faster: BN folded, inference_mode, channels-last, compile
-    export      ONNX export of the whole inference graph, onnxruntime scoring
-    reproduce   batches of runs -> the paper's tables (destseg reproduce)
-    viz         figures (a leaf: numpy + matplotlib)
-    widgets     the notebooks' interactive explorers and the numbers behind them
-    notebook    the notebooks' glue: set-up, live loss curve, source display
+    foundations   config (every hyper-parameter, presets, variants), errors, files (atomic writes, CSV),
+                  precision (float32 / bf16)
+    data          data (MVTec AD layout, MTD, your folders; Sec. 4.1), toy (an embedded toy set)
+    the method    synthesis (Perlin masks, Eq. 1; Sec. 3.1), textures (its anomaly sources: DTD or
+                  built-in), models (teacher, denoising student,
+                  segmentation net; Sec. 3.2-3.3), losses (Eq. 3-7), train (train_model, the two-stage
+                  loop, resume; Sec. 3.4), infer (maps and top-T scores; Sec. 3.4), checkpoint
+    evaluation    metrics (exact AUROC, AP, AUPRO, IAP, IAP@90; Sec. 4.2), baseline (the training-free
+                  nearest-neighbour yardstick), thresholds (decisions on a validation split), paper
+                  (the published tables)
+    applications  experiment (train-or-load -> predict -> evaluate -> figures), cli, scoring (your own
+                  images: destseg predict), fast + export (BN-folded graph, ONNX), reproduce/ (batches
+                  -> the paper's tables), notebook + widgets (the notebooks' glue and explorers),
+                  viz (figures: a leaf, numpy + matplotlib)
 
 The names below are imported lazily, on first use (``ds.get_preset`` imports ``config``, and so
 on): ``import destseg_lib.viz`` loads the figures without torch, the models or the training code.

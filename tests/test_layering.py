@@ -157,3 +157,24 @@ def test_the_package_namespace_still_works():
                            "assert ds.get_preset('ci').preset == 'ci' and ds.viz.ANOMALY_CMAP\n"
                            "from destseg_lib import load_or_train, TestImages, Predictions")
     assert "destseg_lib.experiment" in loaded["package"]
+
+
+# The package's groups, in order (destseg_lib/__init__.py): a module imports only from its own group
+# and the groups before it.
+GROUPS = [
+    ("foundations", {"config", "errors", "files", "precision"}),
+    ("data", {"data", "toy"}),
+    ("the method", {"synthesis", "textures", "models", "losses", "train", "infer", "checkpoint"}),
+    ("evaluation", {"metrics", "baseline", "thresholds", "paper"}),
+    ("applications", {"experiment", "cli", "scoring", "fast", "export", "notebook", "widgets", "viz", "reproduce"}),
+]
+
+
+def test_modules_import_only_from_their_group_or_the_groups_before_it():
+    level = {m: i for i, (_, members) in enumerate(GROUPS) for m in members}
+    grouped = {m for m in MODULES if m != "__init__"}
+    assert {m.split(".")[0] for m in grouped} <= set(level), sorted({m.split(".")[0] for m in grouped} - set(level))
+    upward = [f"{m} ({GROUPS[level[m.split('.')[0]]][0]}) -> {d} ({GROUPS[level[d.split('.')[0]]][0]})"
+              for m in sorted(grouped) for d in sorted(GRAPH[m])
+              if d != "__init__" and level[d.split(".")[0]] > level[m.split(".")[0]]]
+    assert not upward, "imports against the layering: " + "; ".join(upward)
