@@ -2,7 +2,7 @@
 
     destseg demo                                  # = destseg run: quick preset on the embedded toy data
     destseg run --dataset mvtec --data-root /data/mvtec_anomaly_detection --category bottle
-    destseg run --config runs/mvtec_bottle_quick/config.json --seed 1 --out runs/bottle_seed1  # repeat a run
+    destseg run --config runs/mvtec_bottle_quick/config.json --seed 1 --dataset mvtec ...  # repeat a run
     destseg train --preset paper --device cuda --dataset mvtec --data-root ... --category bottle --out runs/bottle
     destseg evaluate --checkpoint runs/bottle/model.pt --dataset mvtec --data-root ... --category bottle
     destseg predict --checkpoint runs/bottle/model.pt --out maps/ img1.png folder/ 'more/**/*.png'
