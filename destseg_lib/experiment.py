@@ -237,6 +237,9 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     # a run refused here (another config or dataset in out_dir) has touched nothing
     model, history = load_or_train(cfg, split, out_dir, device, retrain, progress)
     remove_stale_staging(out_dir)
+    final = out_dir / "model.pt"
+    # the finished model's checkpoint, read once: its training precision and its stored thresholds
+    trained = read_checkpoint(final) if final.exists() else None
     # this evaluation's files are written here and swapped in at the end (see EVAL_OUTPUTS)
     staging = out_dir / f"{_STAGING_PREFIX}{secrets.token_hex(4)}"
     val_samples, test_samples = split_off_validation(split.test, cfg.val_fraction, cfg.val_seed)
@@ -260,7 +263,7 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
             "eval_size": cfg.resolved_eval_size, **({"baseline": baseline_info} if baseline_info else {}),
             # inference's precision here; training's as its checkpoint recorded it (another device
             # may have trained it)
-            "precision": precision, "train_precision": _train_precision(out_dir / "model.pt")}
+            "precision": precision, "train_precision": trained.get("precision") if trained else None}
     if thresholds:
         meta["thresholds"] = thresholds
         maps, scores = method_outputs(preds, thresholds["method"])
@@ -278,7 +281,8 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
                    staging / "per_image.csv")
         if figures:
             _figures(history, preds, test_set, staging / "figures", n_examples)
-        _store_thresholds(out_dir / "model.pt", thresholds)
+        if trained:
+            _store_thresholds(out_dir / "model.pt", trained, thresholds)
     except BaseException:  # nothing of this evaluation is swapped in
         import shutil
 
@@ -286,14 +290,6 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
         raise
     files = _swap_in(staging, out_dir)
     return Report(results, breakdown, preds, model, test_set, out_dir, history, files)
-
-
-def _train_precision(path: Path) -> str | None:
-    """The precision a finished model was trained in, as its checkpoint records it (None: not recorded)."""
-    try:
-        return read_checkpoint(path).get("precision")
-    except (OSError, ValueError, RuntimeError):
-        return None
 
 
 def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: str = "") -> dict:
@@ -310,15 +306,12 @@ def validated_thresholds(val_preds: Predictions, cfg: DeSTSegConfig, dataset: st
             "n_validation": len(val_preds.labels)}
 
 
-def _store_thresholds(ckpt_path: Path, thresholds: dict) -> None:
+def _store_thresholds(ckpt_path: Path, ckpt: dict, thresholds: dict) -> None:
     """Record the validated thresholds beside the model (``model.thresholds.json``; the trained
     ``model.pt`` is never rewritten).  Without a validation split nothing new is stored (the kit never
     stores a threshold chosen on the data it reports on): thresholds validated by an earlier run
     stay, a test-set threshold stored inside a checkpoint of kit versions before validation splits
     is superseded by an empty record."""
-    if not ckpt_path.exists():
-        return
-    ckpt = read_checkpoint(ckpt_path)
     old = ckpt.get("thresholds") or {}
     if not thresholds:
         thresholds = old if "chosen_on" in old else {}
