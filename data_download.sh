@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Download and unpack the datasets used by the DeSTSeg kit (CVPR 2023, Sec. 4.1):
 #   mvtec  MVTec AD  (mvtec_anomaly_detection.tar.xz, ~4.9 GB)  -> <dir>/mvtec/<category>/...
+#   mvtec:<category>  one MVTec AD category, its own archive (mvtec:bottle ~150 MB instead of
+#          4.9 GB) -> <dir>/mvtec/<category>/...; checked against the official file counts
 #   dtd    Describable Textures Dataset (dtd-r1.0.1.tar.gz, ~600 MB) -> <dir>/dtd/images/<class>/
 #   mtd    Magnetic Tile Defect (GitHub abin24/Magnetic-tile-defect-datasets.) -> <dir>/mtd/MT_*/
 #
-# Usage: bash data_download.sh {mvtec|dtd|mtd|all}... [TARGET_DIR]
+# Usage: bash data_download.sh {mvtec|mvtec:<category>|dtd|mtd|all}... [TARGET_DIR]
+#   e.g. bash data_download.sh mvtec:bottle dtd ~/data
 #   TARGET_DIR defaults to $DESTSEG_DATA, else ./data.
 #
 # Every archive is checked against a SHA-256 before use. Downloads resume (curl -C -
@@ -12,8 +15,11 @@
 # resumed (stale, from another URL, or larger than the file) is discarded and the
 # download restarted. A finished dataset gets a <dir>/<name>/.done marker and is skipped
 # on later runs. An archive that does not open is moved aside (<file>.bad-<time>) so the
-# next run fetches it again. Sources without a published hash (MTD): the hash of the first
-# good download is recorded in <dir>/.<name>.sha256 and later downloads must match it.
+# next run fetches it again. Sources without a published hash (MTD, the per-category MVTec
+# archives): the hash of the first good download is recorded in <dir>/.<name>.sha256 and later
+# downloads must match it. A per-category MVTec archive must also hold the category's official
+# numbers of train images, test images and ground-truth masks (bottle: 209 / 83 / 63), or
+# nothing is installed.
 # Archive members that would land outside the target (absolute paths, "..", links
 # pointing outside, devices) make the script refuse the whole archive before anything
 # is extracted.
@@ -22,6 +28,8 @@
 #   DESTSEG_{MVTEC,DTD,MTD}_URL      download URL
 #   DESTSEG_{MVTEC,DTD,MTD}_SHA256   expected SHA-256; "" = none published (then the first
 #                                    good download's hash is recorded and enforced)
+#   DESTSEG_MVTEC_<CATEGORY>_URL, DESTSEG_MVTEC_<CATEGORY>_SHA256   the same for one category
+#                                    (e.g. DESTSEG_MVTEC_METAL_NUT_URL)
 #   DESTSEG_KEEP_ARCHIVES=1          keep the downloaded archives after extraction
 #   DESTSEG_PYTHON                   python used to list/extract archives (default python3)
 set -euo pipefail
@@ -38,10 +46,40 @@ DTD_SHA256="${DESTSEG_DTD_SHA256-e42855a52a4950a3b59612834602aa253914755c95b0cff
 MTD_URL="${DESTSEG_MTD_URL-https://github.com/abin24/Magnetic-tile-defect-datasets./archive/refs/heads/master.zip}"
 MTD_SHA256="${DESTSEG_MTD_SHA256-}"
 
+# The 15 MVTec AD categories, each also published as its own archive (the links of the dataset's
+# download page; pill is served from another share).  No per-category hash is published.
+MYDRIVE=https://www.mydrive.ch/shares/38536/3830184030e49fe74747669442f0f282/download
+declare -A MVTEC_CATEGORY_URLS=(
+    [bottle]=$MYDRIVE/420937370-1629951468/bottle.tar.xz
+    [cable]=$MYDRIVE/420937413-1629951498/cable.tar.xz
+    [capsule]=$MYDRIVE/420937454-1629951595/capsule.tar.xz
+    [carpet]=$MYDRIVE/420937484-1629951672/carpet.tar.xz
+    [grid]=$MYDRIVE/420937487-1629951814/grid.tar.xz
+    [hazelnut]=$MYDRIVE/420937545-1629951845/hazelnut.tar.xz
+    [leather]=$MYDRIVE/420937607-1629951964/leather.tar.xz
+    [metal_nut]=$MYDRIVE/420937637-1629952063/metal_nut.tar.xz
+    [pill]=https://www.mydrive.ch/shares/43421/11a215a5749fcfb75e331ddd5f8e43ee/download/420938129-1629953099/pill.tar.xz
+    [screw]=$MYDRIVE/420938130-1629953152/screw.tar.xz
+    [tile]=$MYDRIVE/420938133-1629953189/tile.tar.xz
+    [toothbrush]=$MYDRIVE/420938134-1629953256/toothbrush.tar.xz
+    [transistor]=$MYDRIVE/420938166-1629953277/transistor.tar.xz
+    [wood]=$MYDRIVE/420938383-1629953354/wood.tar.xz
+    [zipper]=$MYDRIVE/420938385-1629953449/zipper.tar.xz
+)
+# Official file counts (MVTec AD paper, Table 1): train/good images, test images (good +
+# defective), ground-truth masks (one per defective test image).  Sums: 3,629 / 1,725 / 1,258.
+declare -A MVTEC_COUNTS=(
+    [bottle]="209 83 63"      [cable]="224 150 92"      [capsule]="219 132 109"
+    [carpet]="280 117 89"     [grid]="264 78 57"        [hazelnut]="391 110 70"
+    [leather]="245 124 92"    [metal_nut]="220 115 93"  [pill]="267 167 141"
+    [screw]="320 160 119"     [tile]="230 117 84"       [toothbrush]="60 42 30"
+    [transistor]="213 100 40" [wood]="247 79 60"        [zipper]="240 151 119"
+)
+
 PYTHON="${DESTSEG_PYTHON:-$(command -v python3 || command -v python || true)}"
 
 usage() {
-    sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'
+    awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0" | sed 's/^# \{0,1\}//'
 }
 die() { echo "data_download.sh: error: $*" >&2; exit 1; }
 
@@ -62,7 +100,7 @@ verify() {
     echo "$name: computing SHA-256 of $(basename "$file") ..."
     got=$(sha256_of "$file")
     if [[ -z "$want" ]]; then
-        local var="DESTSEG_${name^^}_SHA256"
+        local var="DESTSEG_${name^^}"; var="${var//:/_}_SHA256"  # mvtec:metal_nut -> DESTSEG_MVTEC_METAL_NUT_SHA256
         echo "WARNING: $name: no published SHA-256, cannot verify this first download." >&2
         echo "WARNING: $name: computed sha256 = $got" >&2
         echo "WARNING: it is recorded once the archive extracts, and later downloads must match it (or export $var=<hash>)." >&2
@@ -165,6 +203,22 @@ except OSError as e:
 PY
 }
 
+# check_mvtec_counts CATEGORY FOLDER -> 0 if FOLDER holds the category's official numbers of
+# train images, test images and ground-truth masks; else prints what differs and returns 1.
+check_mvtec_counts() {
+    local category=$1 folder=$2 want got
+    want=${MVTEC_COUNTS[$category]}
+    got="$(find "$folder/train/good" -maxdepth 1 -type f -name '*.png' 2>/dev/null | wc -l | tr -d ' ')"
+    got+=" $(find "$folder/test" -mindepth 2 -maxdepth 2 -type f -name '*.png' 2>/dev/null | wc -l | tr -d ' ')"
+    got+=" $(find "$folder/ground_truth" -mindepth 2 -maxdepth 2 -type f -name '*.png' 2>/dev/null | wc -l | tr -d ' ')"
+    if [[ "$got" == "$want" ]]; then
+        echo "mvtec:$category: file counts ok (train / test / masks: ${got// / \/ })"
+        return 0
+    fi
+    echo "data_download.sh: error: mvtec:$category: the archive holds train / test / masks = ${got// / \/ } PNG files, the official counts are ${want// / \/ }" >&2
+    return 1
+}
+
 # download NAME URL PART -> 0 ok; 1 the partial file cannot be resumed (server refuses the
 # range: stale or larger than the file); 2 other failure (network ...: keep PART, resume later)
 download() {
@@ -176,18 +230,28 @@ download() {
     return 2
 }
 
-# fetch NAME URL SHA256 FILE  (FILE: local archive name, fixed so resuming survives URL changes)
+# fetch NAME URL SHA256 FILE [DEST [CATEGORY]]
+#   FILE: local archive name, fixed so resuming survives URL changes; DEST: where it goes
+#   (default <target>/NAME); CATEGORY: an MVTec category whose file counts the archive must hold.
 fetch() {
-    local name=$1 url=$2 sha=$3 file=$4
-    local dest="$TARGET/$name" marker="$TARGET/$name/.done"
+    local name=$1 url=$2 sha=$3 file=$4 dest=${5:-$TARGET/$1} category=${6:-}
+    local marker="$dest/.done" env_name=${name^^}
     local dl="$TARGET/.downloads" ; local archive="$dl/$file" part="$dl/$file.part"
     local staging="$TARGET/.$name.staging" record="$TARGET/.$name.sha256" recorded=""
+    [[ -n "$category" ]] && name="mvtec:$category"  # as the user typed it, in messages
 
     if [[ -f "$marker" ]]; then
         echo "$name: already done in $dest (remove $marker to redo); nothing to do."
         return 0
     fi
+    if [[ -n "$category" && -f "$TARGET/mvtec/.done" ]]; then
+        echo "$name: already in $dest (from the whole MVTec AD archive); nothing to do."
+        return 0
+    fi
     if [[ -e "$dest" ]]; then
+        if [[ -z "$category" && -d "$dest" ]] && compgen -G "$dest/*/.done" >/dev/null; then
+            die "$name: $dest holds categories downloaded one by one ($(cd "$dest" && ls -d */.done | sed 's#/.done##' | tr '\n' ' ')). Download the others the same way (mvtec:<category>), or move $dest aside to fetch the whole archive."
+        fi
         die "$name: $dest exists but was not completed by this script (no $marker). Move or delete it, or choose another target folder."
     fi
     mkdir -p "$dl"
@@ -195,7 +259,7 @@ fetch() {
         sha=$(head -n1 "$record" | cut -d' ' -f1); recorded=$record
         echo "$name: no published SHA-256; checking against the hash recorded at the first download ($record)"
     fi
-    local mismatch_hint="The file is corrupt or changed upstream; run again to retry, or set DESTSEG_${name^^}_SHA256 if you trust the new file."
+    local mismatch_hint="The file is corrupt or changed upstream; run again to retry, or set DESTSEG_${env_name}_SHA256 if you trust the new file."
     if [[ -n "$recorded" ]]; then
         mismatch_hint="The file is corrupt or changed upstream; run again to retry, or, if upstream really changed it, delete $record to accept the new file."
     fi
@@ -266,6 +330,14 @@ fetch() {
     local entries=() src="$staging" got
     mapfile -t entries < <(find "$staging" -mindepth 1 -maxdepth 1)
     if [[ ${#entries[@]} -eq 1 && -d "${entries[0]}" ]]; then src="${entries[0]}"; fi
+    if [[ -n "$category" ]] && ! check_mvtec_counts "$category" "$src"; then
+        rm -rf "$staging"
+        local aside
+        aside="$archive.bad-$(date -u +%Y%m%dT%H%M%SZ)"
+        mv -f "$archive" "$aside"
+        die "$name: the archive is incomplete or not this category (nothing was installed in $dest; its hash was not recorded): moved it aside to $aside; run the script again to download it afresh."
+    fi
+    mkdir -p "$(dirname "$dest")"
     mv "$src" "$dest"
     rm -rf "$staging"
     got=$(sha256_of "$archive")
@@ -285,13 +357,16 @@ for arg in "$@"; do
         -h|--help) usage; exit 0 ;;
         all) datasets+=(mvtec dtd mtd) ;;
         mvtec|dtd|mtd) datasets+=("$arg") ;;
+        mvtec:*) [[ -n "${MVTEC_CATEGORY_URLS[${arg#mvtec:}]:-}" ]] \
+                   || die "unknown MVTec AD category '${arg#mvtec:}' in $arg; the categories are: $(printf '%s\n' "${!MVTEC_CATEGORY_URLS[@]}" | sort | tr '\n' ' ')"
+                 datasets+=("$arg") ;;
         -*) die "unknown option $arg (see --help)" ;;
-        *) [[ -z "$target" ]] || die "more than one target folder given ($target, $arg); datasets are mvtec, dtd, mtd, all."
+        *) [[ -z "$target" ]] || die "more than one target folder given ($target, $arg); datasets are mvtec, mvtec:<category>, dtd, mtd, all."
            target=$arg ;;
     esac
 done
 if [[ ${#datasets[@]} -eq 0 ]]; then
-    usage >&2; die "name at least one dataset: mvtec, dtd, mtd or all."
+    usage >&2; die "name at least one dataset: mvtec, mvtec:<category>, dtd, mtd or all."
 fi
 command -v curl >/dev/null || die "curl is required; install it (e.g. apt-get install curl)."
 [[ -n "$PYTHON" ]] || die "python3 is required to check and extract archives; install it or set DESTSEG_PYTHON."
@@ -308,13 +383,20 @@ for ds in "${datasets[@]}"; do
         mvtec) fetch mvtec "$MVTEC_URL" "$MVTEC_SHA256" mvtec_anomaly_detection.tar.xz ;;
         dtd)   fetch dtd "$DTD_URL" "$DTD_SHA256" dtd-r1.0.1.tar.gz ;;
         mtd)   fetch mtd "$MTD_URL" "$MTD_SHA256" Magnetic-tile-defect-datasets-master.zip ;;
+        mvtec:*)
+            category=${ds#mvtec:}; var=DESTSEG_MVTEC_${category^^}
+            url_var=${var}_URL; sha_var=${var}_SHA256
+            fetch "mvtec_$category" "${!url_var:-${MVTEC_CATEGORY_URLS[$category]}}" "${!sha_var:-}" \
+                "$category.tar.xz" "$TARGET/mvtec/$category" "$category" ;;
     esac
 done
 rmdir "$TARGET/.downloads" 2>/dev/null || true
 
 echo
 echo "Data is in $TARGET:"
-[[ -f "$TARGET/mvtec/.done" ]] && echo "  MVTec AD: $TARGET/mvtec/<category>/{train,test,ground_truth}"
+if [[ -f "$TARGET/mvtec/.done" ]] || compgen -G "$TARGET/mvtec/*/.done" >/dev/null; then
+    echo "  MVTec AD: $TARGET/mvtec/<category>/{train,test,ground_truth}"
+fi
 [[ -f "$TARGET/dtd/.done" ]] && echo "  DTD:      $TARGET/dtd/images/<class>/*.jpg"
 [[ -f "$TARGET/mtd/.done" ]] && echo "  MTD:      $TARGET/mtd/MT_*/Imgs/"
 echo "Point the kit at it with"

@@ -95,7 +95,10 @@ def test_target_from_env_and_usage(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "envdata" / "mvtec" / "readme.txt").is_file()
     r = _run([])
-    assert r.returncode != 0 and "mvtec, dtd, mtd or all" in r.stderr
+    assert r.returncode != 0 and "mvtec, mvtec:<category>, dtd, mtd or all" in r.stderr
+    r = _run(["--help"])
+    assert r.returncode == 0 and "mvtec:<category>" in r.stdout and "DESTSEG_PYTHON" in r.stdout
+    assert "set -euo" not in r.stdout
 
 
 def test_wrong_hash_fails_and_keeps_nothing(tmp_path):
@@ -208,3 +211,91 @@ def test_first_good_download_hash_is_recorded_and_enforced(tmp_path):
     assert _sha(other) in r.stderr and not (out / "mtd").exists()
     r = _run(["mtd", out], **env)  # the recorded file still verifies
     assert r.returncode == 0 and "recorded at the first download" in r.stdout, r.stderr
+
+
+# ------------------------------------------------------------ one MVTec category (mvtec:<name>)
+def _category_archive(path, category="bottle", counts=(209, 83, 63)):
+    """A per-category archive as the publisher ships it (one top folder named after the
+    category), with `counts` = (train/good, test, ground_truth) PNG files of a few bytes."""
+    train, test, masks = counts
+    files = {f"{category}/train/good/{i:03d}.png": b"t" for i in range(train)}
+    files[f"{category}/license.txt"] = b"CC BY-NC-SA 4.0"
+    good = test - masks
+    files.update({f"{category}/test/good/{i:03d}.png": b"g" for i in range(good)})
+    files.update({f"{category}/test/broken/{i:03d}.png": b"d" for i in range(masks)})
+    files.update({f"{category}/ground_truth/broken/{i:03d}_mask.png": b"m" for i in range(masks)})
+    return _tar(path, files, "w:xz")
+
+
+def test_one_category_is_counted_recorded_and_enforced(tmp_path):
+    arc = _category_archive(tmp_path / "bottle.tar.xz")
+    out = tmp_path / "data"
+    env = dict(DESTSEG_MVTEC_BOTTLE_URL=arc.as_uri())
+    r = _run(["mvtec:bottle", out], **env)
+    assert r.returncode == 0, r.stderr
+    bottle = out / "mvtec" / "bottle"
+    assert len(list((bottle / "train" / "good").glob("*.png"))) == 209 and (bottle / ".done").is_file()
+    assert "file counts ok (train / test / masks: 209 / 83 / 63)" in r.stdout
+    record = out / ".mvtec_bottle.sha256"  # no published per-category hash: recorded at first download
+    assert record.read_text().split()[0] == _sha(arc)
+    assert "DESTSEG_MVTEC_BOTTLE_SHA256" in r.stderr and f"DESTSEG_DATA={out.resolve()}" in r.stdout
+    r = _run(["mvtec:bottle", out], **env)
+    assert r.returncode == 0 and "nothing to do" in r.stdout and "downloading" not in r.stdout
+    # deleted and fetched again, but upstream now serves other bytes: refused against the record
+    shutil.rmtree(bottle)
+    other = _category_archive(tmp_path / "other.tar.xz", counts=(209, 83, 63))
+    with open(other, "ab") as f:
+        f.write(b"\0" * 1024)  # same members, other bytes
+    r = _run(["mvtec:bottle", out], DESTSEG_MVTEC_BOTTLE_URL=other.as_uri())
+    assert r.returncode != 0 and "mismatch" in r.stderr and str(record) in r.stderr, r.stderr
+    assert not bottle.exists()
+    # a published hash given by the user wins over no hash; a wrong one fails and installs nothing
+    r = _run(["mvtec:bottle", tmp_path / "d2"], DESTSEG_MVTEC_BOTTLE_URL=arc.as_uri(),
+             DESTSEG_MVTEC_BOTTLE_SHA256="0" * 64)
+    assert r.returncode != 0 and "mismatch" in r.stderr and not (tmp_path / "d2" / "mvtec" / "bottle").exists()
+
+
+def test_a_category_with_the_wrong_file_counts_is_not_installed(tmp_path):
+    arc = _category_archive(tmp_path / "bottle.tar.xz", counts=(209, 83, 62))  # one mask short
+    out = tmp_path / "data"
+    r = _run(["mvtec:bottle", out], DESTSEG_MVTEC_BOTTLE_URL=arc.as_uri())
+    assert r.returncode != 0
+    assert "train / test / masks = 209 / 83 / 62 PNG files, the official counts are 209 / 83 / 63" in r.stderr
+    assert not (out / "mvtec" / "bottle").exists() and not (out / ".mvtec_bottle.sha256").exists()
+    assert not list(out.glob(".*.staging")) and list((out / ".downloads").glob("bottle.tar.xz.bad-*"))
+    good = _category_archive(tmp_path / "good.tar.xz")  # the next run downloads afresh
+    r = _run(["mvtec:bottle", out], DESTSEG_MVTEC_BOTTLE_URL=good.as_uri())
+    assert r.returncode == 0, r.stderr
+
+
+def test_an_interrupted_category_download_resumes(tmp_path):
+    arc = _category_archive(tmp_path / "bottle.tar.xz")
+    out = tmp_path / "data"
+    part = out / ".downloads" / "bottle.tar.xz.part"
+    part.parent.mkdir(parents=True)
+    data = arc.read_bytes()
+    part.write_bytes(data[: len(data) // 2])  # what a cut connection leaves
+    (out / ".downloads" / "bottle.tar.xz.part.url").write_text(arc.as_uri() + "\n")
+    r = _run(["mvtec:bottle", out], DESTSEG_MVTEC_BOTTLE_URL=arc.as_uri(),
+             DESTSEG_MVTEC_BOTTLE_SHA256=_sha(arc))
+    assert r.returncode == 0, r.stderr
+    assert f"from byte {len(data) // 2}" in r.stdout and (out / "mvtec" / "bottle" / ".done").is_file()
+
+
+def test_categories_beside_the_whole_archive(tmp_path):
+    out = tmp_path / "data"
+    r = _run(["mvtec:nope", out])
+    assert r.returncode != 0 and "unknown MVTec AD category 'nope'" in r.stderr and "metal_nut" in r.stderr
+    cable = _category_archive(tmp_path / "cable.tar.xz", "cable", (224, 150, 92))
+    bottle = _category_archive(tmp_path / "bottle.tar.xz")
+    env = dict(DESTSEG_MVTEC_BOTTLE_URL=bottle.as_uri(), DESTSEG_MVTEC_CABLE_URL=cable.as_uri())
+    r = _run(["mvtec:bottle", "mvtec:cable", out], **env)
+    assert r.returncode == 0, r.stderr
+    assert (out / "mvtec" / "cable" / "ground_truth" / "broken").is_dir()
+    whole, _, _ = _archives(tmp_path / "src")
+    r = _run(["mvtec", out], **_env(whole))  # the whole archive would overwrite them: refused, named
+    assert r.returncode != 0 and "categories downloaded one by one (bottle cable" in r.stderr, r.stderr
+    r = _run(["mvtec", tmp_path / "d2"], **_env(whole))
+    assert r.returncode == 0, r.stderr
+    r = _run(["mvtec:bottle", tmp_path / "d2"], **env)  # already there from the whole archive
+    assert r.returncode == 0 and "from the whole MVTec AD archive" in r.stdout and "downloading" not in r.stdout
