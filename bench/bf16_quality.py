@@ -12,9 +12,11 @@ the seeds) of the float32 mean.
 
 Resumable: each run lives in ``runs/bench_bf16/<dataset>/<amp>/seed<N>`` and is loaded when it is
 there (``experiment.run``).  Runs go in pairs (bf16 then float32 of one seed), so a stopped study
-leaves comparable pairs.  Writes ``bench/results/bf16_quality.{md,json}``.  Minutes are wall time of
-training + evaluation of runs trained by this invocation; run it alone on the machine for them to
-mean anything (quality numbers do not depend on what else runs).
+leaves comparable pairs.  Writes ``bench/results/bf16_quality.{md,json}``.  "minutes" are wall time of
+training + evaluation of runs trained by this invocation, "CPU min" the process's CPU time (all its
+threads: about cores x wall when it runs alone); run it alone on the machine for either to mean
+anything (quality numbers do not depend on what else runs).  A run paused with SIGSTOP keeps its CPU
+minutes right and its wall minutes not.
 """
 from __future__ import annotations
 
@@ -46,15 +48,17 @@ def measure(name: str, amp: str, seed: int, data_root: Path, runs: Path, steps) 
     out = runs / name / amp / f"seed{seed}"
     timing = out / "bench_minutes.json"
     split = open_split(kind, data_root / sub, category)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     trained_here = not (out / "model.pt").exists()
     report = run(config(amp, seed, data_root, steps), split, out, progress=False, figures=False)
     if trained_here:
-        timing.write_text(json.dumps({"minutes": round((time.perf_counter() - t0) / 60, 2)}))
+        timing.write_text(json.dumps({"minutes": round((time.perf_counter() - t0) / 60, 2),
+                                      "cpu_minutes": round((time.process_time() - c0) / 60, 2)}))
     meta = json.loads((out / "metrics.json").read_text())
-    minutes = json.loads(timing.read_text())["minutes"] if timing.exists() else None
+    spent = json.loads(timing.read_text()) if timing.exists() else {}
     return {"dataset": name, "amp": amp, "seed": seed, "precision": meta.get("precision"),
-            "train_precision": meta.get("train_precision"), "minutes": minutes,
+            "train_precision": meta.get("train_precision"), "minutes": spent.get("minutes"),
+            "cpu_minutes": spent.get("cpu_minutes"),
             **{f"{m}/{k}": report.results[m][k] for m in ("DeSTSeg", "DeST") for k in KEYS}}
 
 
@@ -78,7 +82,8 @@ def table(rows: list[dict], steps) -> tuple[str, dict]:
             continue
         by_amp = {a: [r for r in rs if r["seed"] in paired] for a, rs in by_amp.items()}
         lines += [f"### {name} (seeds {', '.join(map(str, paired))})", "",
-                  "| method | precision | " + " | ".join(KEYS) + " | minutes |", "|---|---|" + "---:|" * (len(KEYS) + 1)]
+                  "| method | precision | " + " | ".join(KEYS) + " | minutes | CPU min |",
+                  "|---|---|" + "---:|" * (len(KEYS) + 2)]
         ok = []
         for method in ("DeSTSeg", "DeST"):
             for amp in ("off", "bf16"):
@@ -86,10 +91,12 @@ def table(rows: list[dict], steps) -> tuple[str, dict]:
                 for k in KEYS:
                     m, s = _stats(by_amp[amp], f"{method}/{k}")
                     cells.append("-" if m is None else f"{m:.1f}" + ("" if s is None else f" ± {s:.1f}"))
-                mins = [r["minutes"] for r in by_amp[amp] if r["minutes"] is not None]
+                spent = []
+                for key in ("minutes", "cpu_minutes"):
+                    v = [r[key] for r in by_amp[amp] if r.get(key) is not None]
+                    spent.append(f"{np.mean(v):.1f}" if v else "-")
                 label = "float32" if amp == "off" else "bf16"
-                lines.append(f"| {method} | {label} | " + " | ".join(cells) + f" | {np.mean(mins):.1f} |"
-                             if mins else f"| {method} | {label} | " + " | ".join(cells) + " | - |")
+                lines.append(f"| {method} | {label} | " + " | ".join(cells + spent) + " |")
             diffs = []
             for k in KEYS:
                 m32, s32 = _stats(by_amp["off"], f"{method}/{k}")
@@ -101,12 +108,19 @@ def table(rows: list[dict], steps) -> tuple[str, dict]:
                 if method == "DeSTSeg":
                     ok.append(within)
                 diffs.append(f"{m16 - m32:+.1f}" + ("" if s32 is None else (" ✓" if within else " ✗")))
-            lines.append(f"| {method} | bf16 − float32 | " + " | ".join(diffs) + " | |")
+            lines.append(f"| {method} | bf16 − float32 | " + " | ".join(diffs) + " | | |")
         passed = bool(ok) and all(ok) and len(paired) > 1
         verdict[name] = {"seeds": paired, "passed": passed}
         lines += ["", f"Gate ({name}, DeSTSeg, every metric: |bf16 mean − float32 mean| ≤ float32 std): "
                       + ("**passed**" if passed else "**not passed**" if len(paired) > 1 else "needs ≥ 2 seeds"), ""]
-    return "\n".join(lines), verdict
+    lines += ["### Each run", "", "| dataset | seed | precision | DeSTSeg " + " / ".join(KEYS)
+              + " | DeST " + " / ".join(KEYS) + " | minutes | CPU min |", "|---|---:|---|---|---|---:|---:|"]
+    for r in rows:
+        label = "float32" if r["amp"] == "off" else "bf16"
+        cells = [" / ".join(f"{100 * r[f'{m}/{k}']:.1f}" for k in KEYS) for m in ("DeSTSeg", "DeST")]
+        spent = ["-" if r.get(key) is None else f"{r[key]:.1f}" for key in ("minutes", "cpu_minutes")]
+        lines.append(f"| {r['dataset']} | {r['seed']} | {label} | " + " | ".join(cells + spent) + " |")
+    return "\n".join(lines + [""]), verdict
 
 
 def main(argv=None) -> int:
