@@ -178,7 +178,7 @@ def make_checkpoint(model: DeSTSeg, cfg: DeSTSegConfig, *, finished: bool, datas
     weights = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     ckpt = {
         "format": FORMAT,
-        "config": cfg.to_dict(),
+        "config": cfg.to_record(),
         "versions": versions(),
         "model": weights,
         "fingerprint": weights_fingerprint(weights),

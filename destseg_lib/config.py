@@ -42,8 +42,13 @@ CHOICES = {
     "threshold_rule": ("best_f1", "instance_recall"),  # not the paper's (see thresholds.py)
 }
 
-# The values of the fidelity fields for a saved config that lacks them: it was trained with these
-# (they were the only behaviour before the fields existed).
+# The format of a config as the kit saves it (checkpoints, config.json, metrics.json): the record
+# holds "config_format" beside the fields.  A record without it was written before formats were
+# numbered (format 1): fidelity fields it lacks take MISSING_FIELD_VALUES.
+CONFIG_FORMAT = 2
+
+# The values of the fidelity fields for a saved format-1 config that lacks them: it was trained with
+# these (they were the only behaviour before the fields existed).
 MISSING_FIELD_VALUES = {"aspp": "torchvision", "init": "pytorch", "texture_augment": True, "empty_masks": "redraw",
                  "resize": "cv2", "rotation_fill": "reflect"}
 
@@ -220,15 +225,28 @@ class DeSTSegConfig:
         return dataclasses.replace(self, **changes).validate()
 
     def to_dict(self) -> dict:
+        """The fields (what config comparisons and run grids use)."""
         return dataclasses.asdict(self)
+
+    def to_record(self) -> dict:
+        """The fields and ``config_format`` (:data:`CONFIG_FORMAT`): what the kit saves."""
+        return {"config_format": CONFIG_FORMAT, **self.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DeSTSegConfig":
-        """A config from a dict (e.g. a checkpoint's).  Fidelity fields missing from ``d`` take the
-        values of :data:`MISSING_FIELD_VALUES`: a run saved then was trained
-        that way."""
+        """A config from a saved record (a checkpoint's, ``config.json``) or from :meth:`to_dict`.
+
+        ``config_format`` says how to read it: :data:`CONFIG_FORMAT` as it is; absent (format 1,
+        written before formats were numbered) with each fidelity field it lacks taking its value of
+        :data:`MISSING_FIELD_VALUES` (the run was trained that way); a newer format is refused.
+        Keys that are no field (an older kit's) are ignored."""
+        version = d.get("config_format", 1)
+        if not isinstance(version, int) or not 1 <= version <= CONFIG_FORMAT:
+            raise ConfigError(f"config_format {version!r}: this kit reads formats 1-{CONFIG_FORMAT}; the record "
+                              "was written by a newer destseg kit (upgrade it)")
         names = {f.name for f in dataclasses.fields(cls)}
-        d = {**MISSING_FIELD_VALUES, **d} if "aspp" not in d else d
+        if version == 1:
+            d = {**MISSING_FIELD_VALUES, **d}
         return cls(**{k: v for k, v in d.items() if k in names}).validate()
 
     @classmethod
@@ -264,13 +282,15 @@ class DeSTSegConfig:
         if not isinstance(d, dict):
             raise ConfigError(f"--config {path}: holds a {type(d).__name__}, not a mapping of config fields")
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+        unknown = sorted(set(d) - names - {"config_format"})
         if unknown:
             hints = {k: difflib.get_close_matches(k, names, n=1) for k in unknown}
             said = ", ".join(f"{k!r}" + (f" (did you mean {h[0]!r}?)" if h else "") for k, h in hints.items())
             raise ConfigError(f"--config {path}: {said} {'is' if len(unknown) == 1 else 'are'} not config "
                               "field(s); see DeSTSegConfig in destseg_lib/config.py")
-        return cls.from_dict(d)
+        if "config_format" in d:  # a record the kit saved (a run's config.json): read as saved
+            return cls.from_dict(d)
+        return cls(**d).validate()  # fields of the user's: the others keep their defaults
 
 
 # ----------------------------------------------------------------------------- parsing / checking

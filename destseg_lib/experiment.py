@@ -22,7 +22,8 @@ import torch
 from . import metrics
 from .checkpoint import load_model, read_checkpoint, write_thresholds
 from .config import DeSTSegConfig
-from .data import DatasetSplit, TestImages, mvtec_split, open_dataset, validate_split
+from .data import DatasetSplit, TestImages, mvtec_split, open_dataset
+from .data_checks import validate_split
 from .errors import ConfigError, DataError
 from .files import atomic_write_text, write_csv
 from .baseline import BASELINE_NAME, add_baseline
@@ -259,7 +260,7 @@ def run(cfg: DeSTSegConfig, split: DatasetSplit, out_dir, device="cpu", retrain:
     results = evaluate_predictions(preds)  # pixel metrics at cfg.resolved_eval_size
     breakdown = per_defect(preds) if preds.labels.any() and not preds.labels.all() else []
     meta = {"dataset": split.name, "n_train": len(split.train), "n_test": len(test_samples),
-            "n_validation": len(val_samples), "config": cfg.to_dict(), "device": str(device),
+            "n_validation": len(val_samples), "config": cfg.to_record(), "device": str(device),
             "eval_size": cfg.resolved_eval_size, **({"baseline": baseline_info} if baseline_info else {}),
             # inference's precision here; training's as its checkpoint recorded it (another device
             # may have trained it)

@@ -148,7 +148,7 @@ def export_checkpoint(checkpoint, path, opset: int = OPSET, *, overwrite: bool =
     check_export_target(checkpoint, path, overwrite)
     model, ckpt = load_model(checkpoint, "cpu")
     cfg = DeSTSegConfig.from_dict(ckpt["config"])
-    meta = {"destseg_config": cfg.to_dict(), "destseg_thresholds": ckpt.get("thresholds") or {},
+    meta = {"destseg_config": cfg.to_record(), "destseg_thresholds": ckpt.get("thresholds") or {},
             "destseg_source": str(checkpoint), "destseg_fingerprint": weights_fingerprint(ckpt["model"]),
             "image_size": str(cfg.image_size), "top_t": str(cfg.top_t)}
     return export_onnx(model, path, cfg.image_size, cfg.top_t, meta, opset, any_size=cfg.aspect == "keep")

@@ -15,7 +15,7 @@ def test_round_trip_keeps_weights_config_and_fingerprint(ci_cfg, tmp_path):
     path = atomic_torch_save(ckpt, tmp_path / "model.pt")
     back = read_checkpoint(path)
     assert back["format"] == FORMAT and back["finished"] is True and back["dataset"] == "toy/toy_part"
-    assert back["config"] == ci_cfg.to_dict()
+    assert back["config"] == ci_cfg.to_record()  # the fields and their config_format
     assert back["fingerprint"] == weights_fingerprint(model.state_dict())
     loaded, _ = load_model(path)
     a, b = model.state_dict(), loaded.state_dict()

@@ -1,6 +1,7 @@
 """Config values are parsed and checked against the dataclass field types:
 one path for --set strings, get_preset(**overrides), replace(), from_dict() and construction."""
 import dataclasses
+import json
 
 import pytest
 
@@ -103,3 +104,32 @@ def test_cli_debug_shows_the_traceback(tmp_path):
         main(["--debug", "train", "--preset", "ci", "--set", "seed=abc", "--out", str(tmp_path / "o")])
     with pytest.raises(ConfigError):
         main(["train", "--preset", "ci", "--set", "seed=abc", "--out", str(tmp_path / "o"), "--debug"])
+
+
+def test_saved_records_carry_their_format_and_old_ones_read_as_trained(tmp_path):
+    """The kit saves ``config_format``; a record without it (format 1) fills each fidelity field it
+    lacks with the value it was trained with; a newer format is refused; a user's partial file of
+    fields keeps the defaults for the rest (it is no old record)."""
+    from destseg_lib.config import CONFIG_FORMAT, MISSING_FIELD_VALUES
+    from destseg_lib.errors import ConfigError
+
+    cfg = get_preset("quick", seed=3)
+    record = cfg.to_record()
+    assert record["config_format"] == CONFIG_FORMAT and DeSTSegConfig.from_dict(record) == cfg
+    paper = DeSTSegConfig()
+    fields = {k: v for k, v in paper.to_dict().items() if k not in MISSING_FIELD_VALUES}
+    old = DeSTSegConfig.from_dict(fields)  # format 1, before the fidelity fields existed
+    assert {k: getattr(old, k) for k in MISSING_FIELD_VALUES} == MISSING_FIELD_VALUES
+    partly = DeSTSegConfig.from_dict({**fields, "aspp": "official"})  # format 1 with one of them
+    assert partly.aspp == "official" and partly.init == MISSING_FIELD_VALUES["init"]
+    # format 2: what it says (here every field); no field is filled in
+    assert DeSTSegConfig.from_dict(paper.to_record()) == paper
+    with pytest.raises(ConfigError, match="config_format 99"):
+        DeSTSegConfig.from_dict({**record, "config_format": 99})
+    user = tmp_path / "mine.json"
+    user.write_text(json.dumps({"seed": 5}))
+    mine = DeSTSegConfig.from_file(user)
+    assert mine == paper.replace(seed=5) and mine.aspp != MISSING_FIELD_VALUES["aspp"]
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps(cfg.to_record()))
+    assert DeSTSegConfig.from_file(saved) == cfg
