@@ -139,7 +139,8 @@ def _summary(out: Path, files: list) -> str:
 def cmd_evaluate(args) -> int:
     from .checkpoint import load_model
     from .config import DeSTSegConfig
-    from .data import TestImages, validate_split
+    from .data import TestImages
+    from .data_checks import validate_split
     from .experiment import evaluate_predictions, format_table, open_split, write_json
     from .infer import predict_dataset
     from .precision import resolve_precision

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from .checkpoint import atomic_torch_save, make_checkpoint, read_checkpoint, remove_stale_temporaries
 from .config import DeSTSegConfig
-from .data import DatasetSplit, TrainImages, rotate_augment, validate_split
+from .data import DatasetSplit, TrainImages, rotate_augment
+from .data_checks import validate_split
 from .errors import ConfigError, TrainingDivergedError
 from .files import atomic_write_text
 from .losses import cosine_loss, segmentation_loss
@@ -460,6 +461,6 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
     if end == cfg.total_steps:
         final = save(cfg.total_steps, out_dir / "model.pt", optimizers=False)
         _write_log(history, out_dir)
-        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
+        atomic_write_text(out_dir / "config.json", json.dumps(cfg.to_record(), indent=2) + "\n")
     model.eval()
     return TrainResult(model, history, final, out_dir, seconds, precision)

@@ -365,7 +365,7 @@ def _truncate(path, keep=0.5):
 
 
 def test_validate_split_lists_every_problem_at_once(tmp_path):
-    from destseg_lib.data import validate_split
+    from destseg_lib.data_checks import validate_split
 
     c = _mvtec_tree(tmp_path, "widget", n_train=4)
     assert validate_split(mvtec_split(tmp_path, "widget")).name == "mvtec/widget"  # intact: passes
@@ -394,7 +394,7 @@ def test_validate_split_lists_every_problem_at_once(tmp_path):
 
 def test_mask_check_agrees_with_read_mask(tmp_path):
     """The validator's quick mask check gives read_mask's verdict on every kind of mask."""
-    from destseg_lib.data import _mask_problem
+    from destseg_lib.data_checks import _mask_problem
 
     cases = {
         "bin255": np.where(np.arange(120).reshape(12, 10) % 7 == 0, 255, 0).astype(np.uint8),

@@ -163,7 +163,7 @@ def test_the_package_namespace_still_works():
 # and the groups before it.
 GROUPS = [
     ("foundations", {"config", "errors", "files", "precision"}),
-    ("data", {"data", "toy"}),
+    ("data", {"data", "data_checks", "toy"}),
     ("the method", {"synthesis", "textures", "models", "losses", "train", "infer", "checkpoint"}),
     ("evaluation", {"metrics", "baseline", "thresholds", "paper"}),
     ("applications", {"experiment", "cli", "scoring", "fast", "export", "notebook", "widgets", "viz", "reproduce"}),
