@@ -21,7 +21,25 @@ import numpy as np
 
 ANOMALY_CMAP = "inferno"  # every anomaly map, distance map and overlay heat of the kit
 PROB_RANGE = (0.0, 1.0)
-METHOD_COLOURS = {"DeSTSeg": "tab:blue", "DeST": "tab:orange", "DeST only": "tab:orange"}
+METHOD_COLOURS = {"DeSTSeg": "tab:blue", "DeST": "tab:orange", "DeST only": "tab:orange", "NN-baseline": "tab:green"}
+
+TITLE_PT = 10  # the size of every panel title: readable at notebook width
+
+
+def title(ax, text: str, size: float = TITLE_PT, **kw) -> None:
+    """``ax.set_title`` at ``size`` points, each line wrapped to the axes' width (so that a
+    10-point title over a narrow panel breaks instead of running into its neighbour)."""
+    import textwrap
+
+    width_in = ax.get_position().width * ax.figure.get_figwidth()
+    chars = max(10, int(width_in * 72 / (0.5 * size)))  # ~0.5 em per character
+    lines = []
+    for line in str(text).split("\n"):
+        if len(line) > chars and " " not in line and "/" in line:  # test/broken_large: break after the "/"
+            line = line.replace("/", "/ ")
+        lines.append(textwrap.fill(line, chars, break_on_hyphens=False, break_long_words=False) if len(line) > chars else line)
+    ax.set_title("\n".join(lines), fontsize=size, **kw)
+
 
 
 def _save(fig, path):
@@ -180,14 +198,14 @@ def plot_examples(dataset, preds, indices, path=None, title_fn=None):
     fig, axes = plt.subplots(len(indices), 4, figsize=(10.4, 2.5 * max(1, len(indices))), squeeze=False)
     for row, i in zip(axes, indices):
         img = to_hwc(dataset[i]["image"])
-        title = title_fn(i) if title_fn else f"{preds.defect_types[i]}  score {preds.scores[i]:.3f}"
+        heading = title_fn(i) if title_fn else f"{preds.defect_types[i]}  score {preds.scores[i]:.3f}"
         row[0].imshow(img)
         row[1].imshow(preds.masks[i], cmap="gray", vmin=0, vmax=1)
         im = row[2].imshow(preds.maps[i], cmap=ANOMALY_CMAP, vmin=vmin, vmax=vmax)
         colorbar(fig, im, row[2])
         row[3].imshow(overlay(img, preds.maps[i], vmin=vmin, vmax=vmax))
-        for ax, name in zip(row, (title, "ground truth", f"{label}", "overlay")):
-            ax.set_title(name, fontsize=8)
+        for ax, name in zip(row, (heading, "ground truth", f"{label}", "overlay")):
+            title(ax, name)
             ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
@@ -220,7 +238,7 @@ def plot_image_rows(rows: dict, titles=None, path=None, cmaps=None, size: float 
             if titles is not None and (per_row or r == 0):
                 row_titles = titles[r] if per_row else titles
                 if c < len(row_titles):
-                    ax.set_title(row_titles[c], fontsize=9)
+                    title(ax, row_titles[c])
         axes[r, 0].text(-0.08, 0.5, name, transform=axes[r, 0].transAxes, rotation=90, ha="right",
                         va="center", fontsize=8)
         if name in colorbars and last is not None:
@@ -244,17 +262,16 @@ def plot_distance_maps(clean, corrupted, masks, levels_clean, de_clean, levels_b
                                                (corrupted, levels_bad, de_bad, "corrupted"))):
             row = axes[2 * i + r]
             row[0].imshow(to_hwc(img[i]))
-            row[0].set_title(f"{tag} input", fontsize=7)
+            title(row[0], f"{tag} input")
             m = _array(masks[i, 0])
             if r == 1 and m.any():
                 row[0].contour(m, levels=[0.5], colors="c", linewidths=0.8)
             for k, a in enumerate([lv_k[i] for lv_k in lv] + [de[i]]):
                 vmax = 1.0 if k < 3 else de_max
                 mappables[k] = row[1 + k].imshow(a, cmap=ANOMALY_CMAP, vmin=0, vmax=vmax)
-                row[1 + k].set_title(f"D level {k + 1} (stride {4 * 2 ** k})" if k < 3 else "DeST (product)",
-                                     fontsize=7)
+                title(row[1 + k], f"D level {k + 1} (stride {4 * 2 ** k})" if k < 3 else "DeST (product)")
             row[5].imshow(m if r else np.zeros_like(m), cmap="gray", vmin=0, vmax=1)
-            row[5].set_title("synthetic mask" if r else "no anomaly", fontsize=7)
+            title(row[5], "synthetic mask" if r else "no anomaly")
             for ax in row:
                 ax.axis("off")
     fig.tight_layout()
@@ -268,12 +285,12 @@ def plot_segmentation_channels(image, mask, level_sums, channels, path=None):
     -(T_hat * S_hat), which is minus the cosine similarity, on the fixed scale [-1, 1]."""
     fig, axes = plt.subplots(1, 2 + len(level_sums), figsize=(10.5, 2.2))
     axes[0].imshow(to_hwc(image))
-    axes[0].set_title("input", fontsize=8)
+    title(axes[0], "input")
     axes[1].imshow(_array(mask), cmap="gray", vmin=0, vmax=1)
-    axes[1].set_title("synthetic mask", fontsize=8)
+    title(axes[1], "synthetic mask")
     for k, (part, ch) in enumerate(zip(level_sums, channels)):
         im = axes[2 + k].imshow(part, cmap=ANOMALY_CMAP, vmin=-1, vmax=1)
-        axes[2 + k].set_title(f"level {k + 1}: {ch} channels, summed", fontsize=8)
+        title(axes[2 + k], f"level {k + 1}: {ch} channels, summed")
         colorbar(fig, im, axes[2 + k])
     for ax in axes:
         ax.axis("off")
@@ -293,12 +310,12 @@ def plot_top_t(dataset, preds, index: int, t: int, path=None):
     fig, axes = plt.subplots(1, 3, figsize=(10.5, 2.9), gridspec_kw={"width_ratios": [1, 1.15, 1.5]})
     axes[0].imshow(to_hwc(dataset[index]["image"]))
     axes[0].contour(preds.masks[index], levels=[0.5], colors="c", linewidths=0.8)
-    axes[0].set_title(f"{preds.defect_types[index]} (ground truth in cyan)", fontsize=8)
+    title(axes[0], f"{preds.defect_types[index]} (ground truth in cyan)")
     im = axes[1].imshow(amap, cmap=ANOMALY_CMAP, vmin=vmin, vmax=vmax)
     colorbar(fig, im, axes[1], label)
     ys, xs = np.nonzero(top)
     axes[1].scatter(xs, ys, s=3, c="c", marker="s", linewidths=0)
-    axes[1].set_title(f"map, top-{t} pixels in cyan", fontsize=8)
+    title(axes[1], f"map, top-{t} pixels in cyan")
     for ax in axes[:2]:
         ax.axis("off")
     axes[2].plot(np.arange(1, flat.size + 1), flat, lw=1, c="k")
@@ -325,27 +342,46 @@ def plot_instances(dataset, preds, rows: list[dict], pixel_threshold: float, map
         img = to_hwc(dataset[i]["image"])
         ax_row[0].imshow(img)
         ax_row[0].contour(r["region_mask"], levels=[0.5], colors="c", linewidths=1.2)
-        ax_row[0].set_title(r.get("title", f"image {i}"), fontsize=7)
+        title(ax_row[0], r.get("title", f"image {i}"))
         ax_row[1].imshow(preds.masks[i], cmap="gray", vmin=0, vmax=1)
-        ax_row[1].set_title("ground truth", fontsize=7)
+        title(ax_row[1], "ground truth")
         im = ax_row[2].imshow(maps[i], cmap=ANOMALY_CMAP, vmin=vmin, vmax=vmax)
         colorbar(fig, im, ax_row[2])
-        ax_row[2].set_title(label, fontsize=7)
+        title(ax_row[2], label)
         ax_row[3].imshow(prediction_overlay(img, maps[i] >= pixel_threshold, preds.masks[i]))
-        ax_row[3].set_title(f">= {pixel_threshold:.3f}: TP green, FP red, FN blue", fontsize=7)
+        ax_row[3].contour(r["region_mask"], levels=[0.5], colors="c", linewidths=1.2)
+        title(ax_row[3], f"map >= {pixel_threshold:.3f}, the region in cyan")
         for ax in ax_row:
             ax.axis("off")
     for ax in axes[len(rows):].ravel():
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.45 / fig.get_figheight(), 1, 1))
+    overlay_legend(fig, {"the region (cyan)": ("c", "line")})
     return _save(fig, path)
+
+
+OVERLAY_COLOURS = {"true positive": (0.1, 0.9, 0.1), "false positive": (1.0, 0.1, 0.1),
+                   "false negative": (0.15, 0.35, 1.0)}
+
+
+def overlay_legend(fig, extra: dict | None = None, y: float = 0.0) -> None:
+    """A legend under ``fig`` naming :func:`prediction_overlay`'s colours, plus ``extra``
+    (label -> (colour, "patch" | "line")): e.g. the ground-truth outline of the threshold explorer."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color=c, label=k) for k, c in OVERLAY_COLOURS.items()]
+    for label, (colour, kind) in (extra or {}).items():
+        handles.append(Line2D([], [], color=colour, lw=1.5, label=label) if kind == "line"
+                       else Patch(color=colour, label=label))
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, y), ncol=len(handles),
+               frameon=False, fontsize=9)
 
 
 def prediction_overlay(image: np.ndarray, predicted: np.ndarray, truth: np.ndarray, alpha: float = 0.55) -> np.ndarray:
     """Image with true positives green, false positives red, false negatives blue."""
     out = np.array(image, dtype=np.float32, copy=True)
-    for sel, colour in ((predicted & truth, (0.1, 0.9, 0.1)), (predicted & ~truth, (1.0, 0.1, 0.1)),
-                        (~predicted & truth, (0.15, 0.35, 1.0))):
+    for sel, colour in zip((predicted & truth, predicted & ~truth, ~predicted & truth), OVERLAY_COLOURS.values()):
         out[sel] = (1 - alpha) * out[sel] + alpha * np.array(colour)
     return np.clip(out, 0, 1)
 
@@ -359,10 +395,10 @@ def plot_dataset_grid(columns, path=None):
         if mask.any():
             axes[0, j].contour(mask, levels=[0.5], colors="r", linewidths=0.8)
         axes[1, j].imshow(mask, cmap="gray", vmin=0, vmax=1)
-        axes[0, j].set_title(name, fontsize=7)
+        title(axes[0, j], name)
         for ax in axes[:, j]:
             ax.axis("off")
-    axes[1, 0].set_title("masks", fontsize=7, loc="left")
+    title(axes[1, 0], "masks", loc="left")
     fig.tight_layout()
     return _save(fig, path)
 

@@ -135,19 +135,39 @@ def instance_table(preds, pixel_threshold: float, method: str = "DeSTSeg", ioi: 
 
 
 def false_positive_regions(preds, pixel_threshold: float, method: str = "DeSTSeg") -> list[dict]:
-    """Connected regions (8-connected) of ``map >= pixel_threshold`` that touch no ground-truth
-    pixel, largest peak score first: image, defect type, area, peak score, ``region_mask``."""
+    """The false-positive pixels (``map >= pixel_threshold`` outside the ground truth) as connected
+    regions (8-connected), largest first: image, defect type, ``area`` (pixels), ``peak`` score,
+    ``beside_truth`` (the region borders a ground-truth pixel: a halo that spills past a defect,
+    rather than a false alarm elsewhere) and ``region_mask``.
+
+    Regions are cut at the ground truth, so an over-segmented defect's halo counts as what it is —
+    false-positive pixels — instead of hiding inside the region of the true positive it touches.
+    Largest first: the false positives that cost the most pixel precision lead."""
     maps, _ = method_outputs(preds, method)
     rows = []
     for i in range(len(maps)):
-        k, lab = label_regions(maps[i] >= pixel_threshold)
+        truth = preds.masks[i]
+        k, lab = label_regions((maps[i] >= pixel_threshold) & ~truth)
+        if not k:
+            continue
+        grown = _dilate8(truth)
         for r in range(1, k + 1):
             region = lab == r
-            if (region & preds.masks[i]).any():
-                continue
             rows.append({"image": i, "defect_type": preds.defect_types[i], "area": int(region.sum()),
-                         "peak": float(maps[i][region].max()), "region_mask": region})
-    return sorted(rows, key=lambda r: (-r["peak"], -r["area"], r["image"]))
+                         "peak": float(maps[i][region].max()), "beside_truth": bool((region & grown).any()),
+                         "region_mask": region})
+    return sorted(rows, key=lambda r: (-r["area"], -r["peak"], r["image"]))
+
+
+def _dilate8(mask: np.ndarray) -> np.ndarray:
+    """``mask`` grown by one pixel in the 8 directions (the pixels 8-adjacent to it, and itself)."""
+    out = mask.copy()
+    padded = np.pad(mask, 1)
+    h, w = mask.shape
+    for dy in (0, 1, 2):
+        for dx in (0, 1, 2):
+            out |= padded[dy:dy + h, dx:dx + w]
+    return out
 
 
 def format_stats(stats: dict) -> str:
@@ -196,7 +216,7 @@ def perlin_explorer(image, textures=None, seed: int = 0, grayscale: bool = False
     w = _import_widgets()
     from .synthesis import blend_anomaly, perlin_noise, rotate
     from .textures import make_texture_source
-    from .viz import to_hwc
+    from .viz import colorbar, title as set_panel_title, to_hwc
 
     img = to_hwc(image).astype(np.float32)
     textures = textures if textures is not None else make_texture_source(None)
@@ -232,11 +252,15 @@ def perlin_explorer(image, textures=None, seed: int = 0, grayscale: bool = False
                  (f"mask M (noise > {p['threshold']:.2f})", p["mask"], "gray"), ("texture A", p["texture"], None),
                  (f"I_a, beta = {p['beta']:.2f}", p["anomalous"], None))
         for ax, (title, a, cmap) in zip(axes, shown):
-            ax.imshow(a, cmap=cmap, **({"vmin": -1, "vmax": 1} if cmap == "RdBu_r" else
-                                       {"vmin": 0, "vmax": 1} if cmap else {}))
-            ax.set_title(title, fontsize=8)
+            im = ax.imshow(a, cmap=cmap, **({"vmin": -1, "vmax": 1} if cmap == "RdBu_r" else
+                                            {"vmin": 0, "vmax": 1} if cmap else {}))
+            set_panel_title(ax, title)
             ax.axis("off")
-        fig.tight_layout()
+            if cmap == "RdBu_r":  # the noise's colour legend, the threshold marked on it
+                cb = colorbar(fig, im, ax, inset="below")
+                cb.ax.axvline(p["threshold"], color="k", lw=1.5)
+                cb.set_label("noise (black: threshold)", fontsize=8)
+        fig.tight_layout(rect=(0, 0.08, 1, 1))
         return fig, p
 
     def render(*_):
@@ -268,7 +292,7 @@ def threshold_explorer(preds, test_set, method: str = "DeSTSeg", indices=None, t
     ``.suggest(target=None)`` and ``.figure()`` (a static matplotlib figure of the current state).
     """
     w = _import_widgets()
-    from .viz import to_hwc, prediction_overlay
+    from .viz import overlay_legend, prediction_overlay, title as set_panel_title, to_hwc
 
     ops = OperatingPoints(preds, method)
     maps, scores = method_outputs(preds, method)
@@ -307,14 +331,15 @@ def threshold_explorer(preds, test_set, method: str = "DeSTSeg", indices=None, t
             axes[0, c].imshow(images[i])
             if preds.masks[i].any():
                 axes[0, c].contour(preds.masks[i], levels=[0.5], colors="y", linewidths=0.8)
-            axes[0, c].set_title(f"{preds.defect_types[i]}\nscore {scores[i]:.4f}: "
-                                 f"{'FLAGGED' if flagged else 'passed'}", fontsize=7,
-                                 color="tab:red" if flagged != bool(preds.labels[i]) else "k")
+            set_panel_title(axes[0, c], f"{preds.defect_types[i]}\nscore {scores[i]:.4f}: "
+                            f"{'FLAGGED' if flagged else 'passed'}",
+                            color="tab:red" if flagged != bool(preds.labels[i]) else "k")
             axes[1, c].imshow(prediction_overlay(images[i], maps[i] >= pt, preds.masks[i]))
-            axes[1, c].set_title(f"{100 * np.mean(maps[i] >= pt):.1f}% of pixels >= t", fontsize=7)
+            set_panel_title(axes[1, c], f"{100 * np.mean(maps[i] >= pt):.1f}% of pixels >= t")
             for ax in axes[:, c]:
                 ax.axis("off")
-        fig.tight_layout()
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        overlay_legend(fig, {"ground truth (top row)": ("y", "line"), "red title: wrong decision": ("tab:red", "patch")})
         return fig
 
     def current() -> dict:

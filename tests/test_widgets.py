@@ -132,13 +132,37 @@ def test_instance_table_and_false_positive_regions():
         assert r["covered"] == pytest.approx((preds.maps[r["image"]][region] >= t).mean())
         assert r["detected"] == (r["detect_threshold"] >= t)
     fps = widgets.false_positive_regions(preds, t)
-    n_brute = 0
+    n_brute, beside = 0, 0
     for i in range(len(preds.maps)):
-        lab, n = ndimage.label(preds.maps[i] >= t, structure=EIGHT)
-        n_brute += sum(not (preds.masks[i] & (lab == r)).any() for r in range(1, n + 1))
-    assert len(fps) == n_brute
+        lab, n = ndimage.label((preds.maps[i] >= t) & ~preds.masks[i], structure=EIGHT)
+        n_brute += n
+        grown = ndimage.binary_dilation(preds.masks[i], structure=EIGHT)
+        beside += sum((grown & (lab == r)).any() for r in range(1, n + 1))
+    assert len(fps) == n_brute and sum(r["beside_truth"] for r in fps) == beside
+    assert 0 < beside < n_brute  # the random maps hold both kinds: the check sees each
     assert all(not (preds.masks[r["image"]] & r["region_mask"]).any() for r in fps)
-    assert [r["peak"] for r in fps] == sorted((r["peak"] for r in fps), reverse=True)
+    assert all(r["region_mask"].sum() == r["area"] for r in fps)
+    assert [r["area"] for r in fps] == sorted((r["area"] for r in fps), reverse=True)
+    # every false-positive pixel is in exactly one region
+    flagged = sum(int(((preds.maps[i] >= t) & ~preds.masks[i]).sum()) for i in range(len(preds.maps)))
+    assert sum(r["area"] for r in fps) == flagged
+
+
+def test_a_halo_beside_a_defect_is_a_false_positive_region():
+    """A map that covers a square defect and spills 3 px past it on every side: the halo is one
+    false-positive region beside the truth (a region-level test that skipped regions touching the
+    ground truth saw nothing), and a lone speck elsewhere is another, not beside it."""
+    from destseg_lib.infer import Predictions
+
+    mask = np.zeros((1, 32, 32), bool)
+    mask[0, 10:16, 10:16] = True
+    maps = np.zeros((1, 32, 32), np.float32)
+    maps[0, 7:19, 7:19] = 0.9
+    maps[0, 28, 28] = 0.8
+    preds = Predictions(maps=maps, scores=np.ones(1, np.float32), de_st_maps=maps, de_st_scores=np.ones(1, np.float32),
+                        masks=mask, labels=np.ones(1, int), defect_types=["stain"], paths=["x.png"])
+    fps = widgets.false_positive_regions(preds, 0.5)
+    assert [(r["area"], r["beside_truth"]) for r in fps] == [(12 * 12 - 36, True), (1, False)]
 
 
 def test_no_instances_is_an_error():
