@@ -53,6 +53,7 @@ class NotebookContext:
     fig_dir: Path
     overrides: dict = field(default_factory=dict)
     preset_note: str = ""
+    data_note: str = ""
 
     def savefig(self, fig, name: str) -> None:
         """Save ``fig`` as ``fig_dir/<name>.png`` (modest dpi).  Returns None: the inline backend
@@ -103,7 +104,8 @@ class NotebookContext:
 
     def __str__(self) -> str:
         c = self.cfg
-        lines = [f"dataset    {self.split.name}: {len(self.split.train)} train / {len(self.split.test)} test images",
+        lines = ([f"data       {self.data_note}"] if self.data_note else []) + [
+                 f"dataset    {self.split.name}: {len(self.split.train)} train / {len(self.split.test)} test images",
                  f"preset     {c.preset}: "
                  + (f"{c.image_size}x{c.image_size}" if c.aspect == "square" else
                     f"short side {c.image_size}, aspect kept (<= {c.max_aspect:g}:1)")
@@ -147,10 +149,52 @@ def check_run_dir(out_dir, cfg) -> None:
                          "delete that folder or pass another out_dir")
 
 
-def setup(preset: str = "quick", dataset: str = "toy", data_root=None, category=None, texture_dir=None,
+REAL_DATASET = ("mvtec", "bottle")  # what dataset="auto" looks for: the paper's own data (Table 2)
+TEXTURE_FOLDERS = ("dtd/images", "dtd_subset/images")  # data_download.sh's DTD, or a subset of it
+
+
+def find_real_data(repo=None) -> tuple[Path | None, Path | None]:
+    """Where ``dataset="auto"`` finds MVTec AD bottle: the first of ``$DESTSEG_DATA`` and
+    ``<repo>/data`` (``data_download.sh``'s default target) holding ``mvtec/bottle/train/good``, and
+    the DTD images folder beside it (``dtd/images`` or ``dtd_subset/images``; None if neither).
+    ``(None, None)`` when bottle is in neither place."""
+    repo = find_repo_root() if repo is None else Path(repo)
+    roots = [Path(os.environ["DESTSEG_DATA"])] if os.environ.get("DESTSEG_DATA") else []
+    for root in roots + [repo / "data"]:
+        if (root / REAL_DATASET[0] / REAL_DATASET[1] / "train" / "good").is_dir():
+            textures = next((root / t for t in TEXTURE_FOLDERS if (root / t).is_dir()), None)
+            return root, textures
+    return None, None
+
+
+def resolve_dataset(dataset: str, data_root=None, category=None, texture_dir=None, repo=None):
+    """``dataset="auto"`` (the notebooks' default): MVTec AD bottle where :func:`find_real_data`
+    finds it (with the DTD textures beside it unless ``texture_dir`` is given), else the embedded toy
+    set.  Returns ``(dataset, data_root, category, texture_dir, note)``, the note one line saying
+    which was chosen and why; other datasets pass through with an empty note."""
+    if dataset != "auto":
+        return dataset, data_root, category, texture_dir, ""
+    root, textures = find_real_data(repo) if data_root is None else (Path(data_root), None)
+    if root is not None and (root / REAL_DATASET[0] / REAL_DATASET[1]).is_dir():
+        textures = texture_dir or textures
+        where = "$DESTSEG_DATA" if os.environ.get("DESTSEG_DATA") and Path(os.environ["DESTSEG_DATA"]) == root \
+            else "<repo>/data" if data_root is None else "data_root"
+        note = (f"real data: MVTec AD {REAL_DATASET[1]} (found in {where}), anomaly textures "
+                + ("from DTD" if textures else "built in (no DTD folder beside it)"))
+        return REAL_DATASET[0], root, REAL_DATASET[1], (str(textures) if textures else None), note
+    looked = f"{data_root}/mvtec/bottle" if data_root is not None else \
+        "$DESTSEG_DATA/mvtec/bottle nor <repo>/data/mvtec/bottle"
+    note = (f"toy data: MVTec AD bottle is not in {looked}; get it with "
+            "`bash data_download.sh mvtec:bottle dtd` (~750 MB) to run on the real part")
+    return "toy", None, None, texture_dir, note
+
+
+def setup(preset: str = "quick", dataset: str = "auto", data_root=None, category=None, texture_dir=None,
           device: str = "auto", seed: int = 0, out_dir=None, overrides: dict | None = None) -> NotebookContext:
     """Turn the notebooks' parameters into a :class:`NotebookContext`.
 
+    * ``dataset="auto"``: MVTec AD bottle when present, else the toy set (:func:`resolve_dataset`);
+      ``"toy"``, ``"mvtec"``, ``"mtd"``, ``"folder"`` choose explicitly.
     * ``preset``: ``$DESTSEG_NOTEBOOK_PRESET`` wins when set (``make test`` runs the notebooks at ``ci``).
     * ``overrides``: config fields, as the CLI's ``--set`` (e.g. ``{"seg_input": "cosine"}``).
     * ``data_root`` None: ``<repo>/data/toy`` for the toy data (generated on first use), else
@@ -171,6 +215,8 @@ def setup(preset: str = "quick", dataset: str = "toy", data_root=None, category=
         preset = forced
     overrides = dict(overrides or {})
     repo = find_repo_root()
+    dataset, data_root, category, texture_dir, data_note = resolve_dataset(dataset, data_root, category,
+                                                                           texture_dir, repo)
     device = resolve_device(device)
     cfg = get_preset(preset, **{"seed": int(seed), "texture_dir": texture_dir, **overrides})
     torch.manual_seed(int(seed))
@@ -186,7 +232,8 @@ def setup(preset: str = "quick", dataset: str = "toy", data_root=None, category=
     out_dir = Path(out_dir)
     check_run_dir(out_dir, cfg)
     fig_dir = Path(os.environ["DESTSEG_FIG_DIR"]) if os.environ.get("DESTSEG_FIG_DIR") else out_dir / "figures"
-    return NotebookContext(repo, cfg, split, dataset, category, device, out_dir, fig_dir, overrides, note)
+    return NotebookContext(repo, cfg, split, dataset, category, device, out_dir, fig_dir, overrides, note,
+                           data_note)
 
 
 def _inline_jpeg(quality: int = 85) -> None:
@@ -269,32 +316,114 @@ class LiveLossPlot:
         return self.fig
 
 
-def train_or_load(ctx: NotebookContext, stage: int | None = None, every: int = 5):
+def load_or_train(ctx: NotebookContext, stage: int | None = None, every: int = 5):
     """:func:`destseg_lib.experiment.load_or_train` for the notebooks: the run folder's model when it
     exists (stage 1: the student checkpoint is enough), else train it with a live loss curve.
     Returns (model, history, trained) — ``trained`` is False when it was loaded."""
-    from .experiment import load_or_train
+    from . import experiment
 
     if stage == 1:
         live = LiveLossPlot("stage 1: cosine loss (Eq. 4), live", stage=1, every=every)
     else:
         live = LiveLossPlot("segmentation loss (Eq. 7), live", keys=("loss", "focal", "l1"), log=True,
                             stage=2 if ctx.cfg.segmentation else 1, every=every)
-    model, history = load_or_train(ctx.cfg, ctx.split, ctx.out_dir, device=ctx.device, progress=False,
-                                   stage=stage, callback=live.update)
+    model, history = experiment.load_or_train(ctx.cfg, ctx.split, ctx.out_dir, device=ctx.device,
+                                              progress=False, stage=stage, callback=live.update)
     if live.rows:
         live.close()
     return model, history, bool(live.rows)
 
 
-def predictions(ctx: NotebookContext, model):
-    """The test set at the config's size and the model's predictions on it: (test_set, preds)."""
+def predictions(ctx: NotebookContext, model, baseline: bool = False):
+    """The test set at the config's size and the model's predictions on it: (test_set, preds).
+    ``baseline=True`` (and ``cfg.baseline``) adds the training-free nearest-neighbour baseline's maps
+    (:mod:`destseg_lib.baseline`: fitted on the training images, as ``destseg run`` does)."""
     from .infer import predict_dataset
     from .precision import resolve_precision
 
     test_set = ctx.test_set()
-    return test_set, predict_dataset(model, test_set, device=ctx.device, top_t=ctx.cfg.top_t, progress=False,
-                                     precision=resolve_precision(ctx.cfg.amp, ctx.device))
+    preds = predict_dataset(model, test_set, device=ctx.device, top_t=ctx.cfg.top_t, progress=False,
+                            precision=resolve_precision(ctx.cfg.amp, ctx.device))
+    if baseline and ctx.cfg.baseline:
+        from .baseline import add_baseline
+
+        preds, _ = add_baseline(preds, model, ctx.cfg, ctx.split.train, test_set)
+    return test_set, preds
+
+
+def toy_vs_real(ctx: NotebookContext, results: dict) -> tuple[list[dict], str]:
+    """The same preset, seed and overrides on the toy set and on MVTec AD bottle: ``results`` (of
+    ``ctx``'s data), and the other data's model trained here (or loaded from its own run folder) and
+    evaluated — bottle only where :func:`find_real_data` finds it.  Returns (rows, note): one row per
+    (data, method), percent, IAP and IAP@90 interpolated as in the paper's Table 3; then the paper's
+    bottle row (Tables 2-3, (mean, std) over 5 seeds; its text has no per-category image AUROC).
+    The note says what is missing, else ""."""
+    from .experiment import evaluate_predictions
+    from .paper import paper_table
+
+    keys = {"image_auroc": "image_auroc", "pixel_auroc": "pixel_auroc", "pixel_ap": "pixel_ap",
+            "aupro": "aupro", "iap": "iap_interp", "iap90": "iap90_interp"}
+
+    def rows_of(label, res):
+        return [{"data": label, "method": m, **{k: 100 * r[src] for k, src in keys.items() if src in r}}
+                for m, r in res.items()]
+
+    here = {"toy": "toy", "mvtec": "bottle" if ctx.category == "bottle" else None}.get(ctx.dataset)
+    if here is None:
+        return [], f"{ctx.split.name}: this section compares the toy set with MVTec AD bottle; run on either"
+    rows, note = {here: rows_of(here, results)}, ""
+    other = "toy" if here == "bottle" else "bottle"
+    if other == "bottle" and find_real_data(ctx.repo)[0] is None:
+        note = "MVTec AD bottle not present: no real rows (bash data_download.sh mvtec:bottle dtd)"
+    else:
+        o = setup(ctx.cfg.preset, "toy" if other == "toy" else "auto", device=ctx.device, seed=ctx.cfg.seed,
+                  overrides=ctx.overrides)
+        model, _, _ = load_or_train(o)
+        _, preds = predictions(o, model, baseline=True)
+        rows[other] = rows_of(other, evaluate_predictions(preds))
+    paper = {k: v for k, v in paper_table("bottle").items() if v is not None}
+    return rows.get("toy", []) + rows.get("bottle", []) + [
+        {"data": "bottle", "method": "paper DeSTSeg (5 seeds)", **paper}], note
+
+
+LABELS = {"image_auroc": "image AUROC", "pixel_auroc": "pixel AUROC", "pixel_ap": "pixel AP", "aupro": "AUPRO",
+          "iap": "IAP", "iap90": "IAP@90"}
+
+
+def who_wins(rows: list[dict], keys=("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")) -> list[str]:
+    """One line per (data, other method) of :func:`toy_vs_real`'s rows: the metrics on which DeSTSeg
+    is ahead of DeST-only / the NN-baseline and those on which it is behind, with the difference in
+    percentage points (ties, |d| < 0.05, left out)."""
+    out = []
+    for data in dict.fromkeys(r["data"] for r in rows):
+        by = {r["method"]: r for r in rows if r["data"] == data}
+        if "DeSTSeg" not in by:
+            continue
+        for m in ("DeST", "NN-baseline"):
+            if m not in by:
+                continue
+            d = {k: by["DeSTSeg"][k] - by[m][k] for k in keys if k in by["DeSTSeg"] and k in by[m]}
+            ahead = ", ".join(f"{LABELS[k]} {v:+.1f}" for k, v in d.items() if v >= 0.05) or "nothing"
+            behind = ", ".join(f"{LABELS[k]} {v:+.1f}" for k, v in d.items() if v <= -0.05) or "nothing"
+            out.append(f"{data:<7} DeSTSeg vs {m}: ahead on {ahead}; behind on {behind}")
+    return out
+
+
+def format_toy_vs_real(rows: list[dict]) -> str:
+    """:func:`toy_vs_real`'s rows as a fixed-width table (percent; "a ± s" for the paper's row)."""
+    cols = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro", "iap", "iap90")
+    head = ["data", "method", "image AUROC", "pixel AUROC", "pixel AP", "AUPRO", "IAP", "IAP@90"]
+
+    def cell(v):
+        return "-" if v is None else f"{v[0]:.1f} ± {v[1]:.1f}" if isinstance(v, tuple) else f"{v:.1f}"
+
+    body = [[r["data"], r["method"], *(cell(r.get(k)) for k in cols)] for r in rows]
+    widths = [max(len(x[i]) for x in [head] + body) for i in range(len(head))]
+
+    def line(xs):
+        return "  ".join(x.ljust(w) if i < 2 else x.rjust(w) for i, (x, w) in enumerate(zip(xs, widths)))
+
+    return "\n".join([line(head), "-" * len(line(head))] + [line(b) for b in body])
 
 
 # ================================================================================ data figures

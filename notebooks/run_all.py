@@ -127,7 +127,8 @@ def _duration(seconds: float) -> str:
 def provenance(params: dict, seconds: float, chain_seconds: float, n_books: int, command: str, when: str,
                where: str) -> tuple[str, dict]:
     """The provenance cell's markdown and the matching metadata."""
-    shown = {k: v for k, v in params.items() if k not in ("preset", "dataset") and v not in (None, {}, "auto")}
+    shown = {k: v for k, v in params.items()
+             if k not in ("preset", "dataset", "resolved_dataset", "data_root", "texture_dir") and v not in (None, {}, "auto")}
     extra = "".join(f", {k} `{v!r}`" for k, v in shown.items())
     device = params.get("device", "auto")
     if device in (None, "auto"):
@@ -137,7 +138,10 @@ def provenance(params: dict, seconds: float, chain_seconds: float, n_books: int,
             device = "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             device = "cpu"
-    text = (f"> **Stored outputs** — preset `{params.get('preset')}` on the `{params.get('dataset')}` data{extra}"
+    data = f"the `{params.get('dataset')}` data"
+    if params.get("resolved_dataset"):
+        data = f"`{params['resolved_dataset']}` (`dataset=\"{params.get('dataset')}\"`)"
+    text = (f"> **Stored outputs** — preset `{params.get('preset')}` on {data}{extra}"
             f" (device `{device}`): this notebook ran in {_duration(seconds)}, the chain of {n_books} notebooks in "
             f"{_duration(chain_seconds)} (training included, from scratch), on {when} on {where}; written by "
             f"`{command}`.\n>\n"
@@ -217,7 +221,13 @@ def main(argv=None) -> int:
         seconds = time.perf_counter() - t0
         if args.inplace:
             _strip_papermill(target)
-        done.append((target, {**notebook_defaults(nb), **params}, seconds))
+        effective = {**notebook_defaults(nb), **params}
+        if effective.get("dataset") == "auto":  # which data "auto" found here (the notebook prints it too)
+            from destseg_lib.notebook import resolve_dataset
+
+            name, _, category, _, _ = resolve_dataset("auto", effective.get("data_root"), None, None)
+            effective["resolved_dataset"] = f"{name}/{category}" if category else name
+        done.append((target, effective, seconds))
         print(f"  ok      {nb.name} ({seconds:.0f} s)", flush=True)
     chain = time.perf_counter() - t_chain
     when, where = datetime.date.today().isoformat(), machine()

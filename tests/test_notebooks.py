@@ -20,7 +20,7 @@ NB_DIR = REPO / "notebooks"
 EXPECTED = ["00_setup_and_data.ipynb", "01_perlin_anomaly_generation.ipynb", "02_denoising_student.ipynb",
             "03_segmentation_training.ipynb", "04_evaluation.ipynb", "05_failure_cases.ipynb",
             "06_threshold_explorer.ipynb"]
-DEFAULTS = {"preset": "quick", "dataset": "toy", "data_root": None, "category": None, "texture_dir": None,
+DEFAULTS = {"preset": "quick", "dataset": "auto", "data_root": None, "category": None, "texture_dir": None,
             "device": "auto", "seed": 0, "out_dir": None, "overrides": {}}
 # Item 4 of the tutorial's brief: next to each equation, the library code that computes it.
 SOURCES_SHOWN = {"01": ["def perlin_noise(", "def perlin_mask(", "def blend_anomaly("],
@@ -109,19 +109,6 @@ def test_summary_and_exercises(name):
     exercises = text.split("## Exercises", 1)[1]
     assert len(re.findall(r"^\d\. \*\*", exercises, flags=re.M)) >= 2, "at least two numbered exercises"
     assert exercises.count("*Expected:*") >= 2, "each exercise says what to expect"
-
-
-def test_facts():
-    """Statements the first version of the notebooks got wrong."""
-    text = {p.name[:2]: " ".join(" ".join(c.source.split()) for c in _read(p).cells if c.cell_type == "markdown")
-            for p in _notebooks()}
-    assert "official DeSTSeg code uses each texture **as it is**" in text["01"]
-    assert "As in the official code, each drawn texture gets" not in text["01"]
-    assert "prediction covers the entire capsule" in text["05"]
-    assert "exactly 0 or 1" not in text["03"] and "sparsity of the output" in text["03"]
-    assert "right 97 %" not in text["00"]
-    assert "1 − precision" in text["06"] and "42.2 %" in text["06"]
-    assert not re.search(r"lr 0\.4[^.]*Sec\. 4\.1", " ".join(text.values())), "optimiser settings are the official code's"
 
 
 def test_notebooks_stay_small():
@@ -258,6 +245,11 @@ def stale_outputs(path: Path) -> list[str]:
             m = re.search(rf"^{key}\s*=\s*\"(\w+)\"", params, re.M)
             if m and prov.get(key) != m.group(1):
                 problems.append(f"stored outputs are from {key}={prov.get(key)!r}, the parameters cell says {m.group(1)!r}")
+        resolved = prov.get("parameters", {}).get("resolved_dataset")  # what dataset="auto" found
+        if resolved:
+            split = {"toy": "mvtec/toy_part"}.get(resolved, resolved)
+            if not any(f"dataset    {split}:" in text for _, text in _stored_texts(nb)):
+                problems.append(f"the provenance says the outputs ran on {resolved}, the setup cell's output does not")
     return problems
 
 
@@ -285,3 +277,42 @@ def test_the_stale_check_finds_what_it_looks_for(tmp_path):
     nbformat.write(nb, str(bad))
     problems = stale_outputs(bad)
     assert any("show_source" in p for p in problems) and any("/tmp/destseg-refresh-x1y2" in p for p in problems)
+
+
+# ------------------------------------------------------------------ dataset="auto": real data first
+def test_auto_dataset_takes_bottle_where_it_is_else_the_toy_set(tmp_path, monkeypatch):
+    from destseg_lib.notebook import find_real_data, resolve_dataset
+
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    monkeypatch.delenv("DESTSEG_DATA", raising=False)
+    name, root, category, textures, note = resolve_dataset("auto", repo=repo)
+    assert (name, root, category, textures) == ("toy", None, None, None)
+    assert note.startswith("toy data:") and "data_download.sh mvtec:bottle" in note
+    # bottle in $DESTSEG_DATA, DTD's subset beside it
+    data = tmp_path / "data"
+    (data / "mvtec" / "bottle" / "train" / "good").mkdir(parents=True)
+    (data / "dtd_subset" / "images").mkdir(parents=True)
+    monkeypatch.setenv("DESTSEG_DATA", str(data))
+    assert find_real_data(repo) == (data, data / "dtd_subset" / "images")
+    name, root, category, textures, note = resolve_dataset("auto", repo=repo)
+    assert (name, root, category, textures) == ("mvtec", data, "bottle", str(data / "dtd_subset" / "images"))
+    assert "MVTec AD bottle" in note and "$DESTSEG_DATA" in note
+    # a texture folder of the user's wins; an explicit dataset passes through untouched
+    assert resolve_dataset("auto", texture_dir="/my/dtd", repo=repo)[3] == "/my/dtd"
+    assert resolve_dataset("mtd", data, None, None, repo) == ("mtd", data, None, None, "")
+    # where data_download.sh puts it by default (<repo>/data), when $DESTSEG_DATA has none
+    monkeypatch.setenv("DESTSEG_DATA", str(tmp_path / "empty"))
+    (repo / "data" / "mvtec" / "bottle" / "train" / "good").mkdir(parents=True)
+    assert resolve_dataset("auto", repo=repo)[:3] == ("mvtec", repo / "data", "bottle")
+
+
+def test_who_wins_names_each_metric_on_its_side():
+    from destseg_lib.notebook import format_toy_vs_real, who_wins
+
+    rows = [{"data": "bottle", "method": "DeSTSeg", "pixel_ap": 80.5, "iap": 87.9, "aupro": 91.9, "image_auroc": 99.5},
+            {"data": "bottle", "method": "DeST", "pixel_ap": 77.9, "iap": 79.8, "aupro": 93.2, "image_auroc": 99.5},
+            {"data": "bottle", "method": "paper DeSTSeg (5 seeds)", "pixel_ap": (90.3, 1.8)}]
+    assert who_wins(rows) == ["bottle  DeSTSeg vs DeST: ahead on pixel AP +2.6, IAP +8.1; behind on AUPRO -1.3"]
+    table = format_toy_vs_real(rows).splitlines()
+    assert "90.3 ± 1.8" in table[-1] and table[2].split()[:2] == ["bottle", "DeSTSeg"] and "80.5" in table[2]
