@@ -186,3 +186,34 @@ def test_killed_batch_restarts_without_redoing_finished_runs(two_categories, tmp
         assert f"skip     {key} (done)" in log2 and f"start    {key}" not in log2
     states = [json.loads(p.read_text())["state"] for p in (out / "runs").glob("*/*/seed*/status.json")]
     assert sorted(states) == ["done"] * 4
+
+
+def test_the_papermill_engine_without_papermill_is_one_clear_error(monkeypatch):
+    """A non-editable install without the [notebooks] extra: --engine papermill says what to
+    install before any run starts (it used to fail every run with ModuleNotFoundError); auto falls
+    back to the library."""
+    from destseg_lib.reproduce.batch import resolve_engine
+    from destseg_lib.reproduce.grid import ReproduceError
+
+    monkeypatch.setitem(sys.modules, "papermill", None)  # import papermill -> ImportError
+    with pytest.raises(ReproduceError, match=r"destseg-kit\[notebooks\]"):
+        resolve_engine("papermill")
+    assert resolve_engine("auto") == "library" and resolve_engine("library") == "library"
+
+
+@pytest.mark.slow
+def test_a_toy_batch_started_in_a_fresh_folder_gets_its_toy_set(tmp_path, monkeypatch):
+    """From a folder without data/toy (a non-editable install run elsewhere) every run used to fail
+    with 'holds no toy dataset': the batch makes it in ./data/toy first, as open_split does."""
+    from destseg_lib.reproduce.batch import ensure_toy_data
+    from destseg_lib.reproduce.grid import Grid
+
+    monkeypatch.chdir(tmp_path)
+    grid = Grid.from_dict({"datasets": [{"dataset": "toy"}], "preset": "ci", "seeds": [0], "variants": ["destseg"]})
+    assert grid.targets[0].data_root == str((tmp_path / "data" / "toy").resolve())
+    ensure_toy_data(grid)
+    assert (tmp_path / "data" / "toy" / "toy_part" / "toy_manifest.json").is_file()
+    other = tmp_path / "elsewhere"
+    grid = Grid.from_dict({"datasets": [{"dataset": "toy", "data_root": str(other)}], "preset": "ci"})
+    ensure_toy_data(grid)  # a data_root of the user's: never written into
+    assert not other.exists()

@@ -105,6 +105,8 @@ def run_batch(grid: Grid, out_dir, workers: int | None = None, executor: str = "
                        f"executor {executor}, engine {engine}, workers {workers or 'all'}", echo)
     atomic_write_text(out_dir / "batch.json", json.dumps(meta, indent=2))
 
+    if todo:
+        ensure_toy_data(grid)
     ex = None
     if executor.startswith("submitit") and todo:
         ex = submitit_executor(executor, out_dir / "submitit", submitit_params or {})
@@ -210,6 +212,17 @@ def run_batch(grid: Grid, out_dir, workers: int | None = None, executor: str = "
     return result
 
 
+def ensure_toy_data(grid: Grid) -> None:
+    """The kit makes the toy set only in its own folder, ``./data/toy`` (``experiment.open_split``):
+    a grid on it at its default ``data_root`` (that folder) gets it made here, once, before any run
+    (or worker, or papermill kernel) reads it — a batch started in a fresh folder works too."""
+    from ..experiment import TOY_ROOT, open_split
+
+    own = str(TOY_ROOT.resolve())
+    if any(t.dataset == "toy" and t.data_root == own for t in grid.targets):
+        open_split("toy", None)
+
+
 def resolve_engine(engine: str, notebook=None) -> str:
     """``"auto"``: papermill when it is installed and the run notebook exists, else the library."""
     if engine == "auto":
@@ -220,6 +233,13 @@ def resolve_engine(engine: str, notebook=None) -> str:
         return "papermill" if Path(notebook or NOTEBOOK).is_file() else "library"
     if engine not in ("papermill", "library"):
         raise ReproduceError(f"engine {engine!r}: choose auto, papermill or library")
+    if engine == "papermill":  # said once, before any run starts (not as each run's failure)
+        try:
+            import papermill  # noqa: F401
+        except ImportError:
+            raise ReproduceError("--engine papermill needs papermill and ipykernel: pip install "
+                                 "'destseg-kit[notebooks]' (or use --engine library, the same runs "
+                                 "without notebooks)") from None
     return engine
 
 
