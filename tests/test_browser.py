@@ -212,6 +212,25 @@ def _wait_change(page, read, before, what: str, timeout_s: float = 60):
     return now
 
 
+def _wait_settled(page, read, before, what: str, quiet_s: float = 3.0, timeout_s: float = 90):
+    """The value of ``read()`` once it has changed from ``before`` and then stayed the same for
+    ``quiet_s`` seconds: the kernel has worked through every update the slider sent.  The first
+    change seen need not be the final state: after 8 key presses on a slider whose value was last
+    set from the kernel, the label was seen here to pass through the slider's earlier values first
+    (threshold 0.5, then 0.25, then the pressed -0.15; in other runs straight to -0.15), so reading
+    the first change read a transient (CI failed on it).  Returns the settled value and every
+    distinct value seen, in order."""
+    seen = [_wait_change(page, read, before, what, timeout_s)]
+    deadline, quiet_until = time.time() + timeout_s, time.time() + quiet_s
+    while time.time() < quiet_until:
+        assert time.time() < deadline, f"{what} kept changing for {timeout_s} s: {seen}"
+        page.wait_for_timeout(250)
+        if (now := read()) != seen[-1]:
+            seen.append(now)
+            quiet_until = time.time() + quiet_s
+    return seen[-1], seen
+
+
 def test_threshold_explorer_in_jupyterlab(lab, browser, tmp_path):
     base, token, _ = lab
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
@@ -222,7 +241,7 @@ def test_threshold_explorer_in_jupyterlab(lab, browser, tmp_path):
     before_png = box.locator("img.widget-image").last.screenshot()
     assert "pixel threshold" in before_text and "instances detected" in before_text
     readout = _drag(page, box, "pixel threshold", -0.25)  # lower the threshold by a quarter of the range
-    after_text = _wait_change(page, stats.inner_text, before_text, "the explorer's numbers")
+    after_text, _ = _wait_settled(page, stats.inner_text, before_text, "the explorer's numbers")
     after_src = _wait_change(page, lambda: _image_src(box), before_src, "the explorer's picture")
     assert after_src != before_src and box.locator("img.widget-image").last.screenshot() != before_png
     assert f"pixel threshold {readout.strip()}" in after_text, (readout, after_text)
@@ -243,10 +262,11 @@ def test_perlin_explorer_in_jupyterlab(lab, browser, tmp_path):
     before_t = number(_press(page, box, "threshold", "ArrowLeft", 0))
     after_t = number(_press(page, box, "threshold", "ArrowLeft", 8))  # lower the Perlin threshold: a larger mask
     assert after_t < before_t, (before_t, after_t)
-    after_text = _wait_change(page, label.inner_text, before_text, "the explorer's label")
+    after_text, seen = _wait_settled(page, label.inner_text, before_text, "the explorer's label")
     _wait_change(page, lambda: _image_src(box), before_src, "the explorer's picture")
     covered = lambda text: float(text.split("mask covers ")[1].split("%")[0])  # noqa: E731
-    assert covered(after_text) > covered(before_text), (before_text, after_text)
+    print("labels seen after the key presses:", seen)
+    assert covered(after_text) > covered(before_text), (before_t, after_t, before_text, seen)
     page.wait_for_timeout(500)
     box.screenshot(path=str(_screenshot_dir(tmp_path) / "perlin_explorer.png"))
     page.close()

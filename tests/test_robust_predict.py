@@ -1,6 +1,7 @@
-"""Issue 23, predict / export half: nothing a user owns is overwritten, nothing silently wrong, one
-line instead of a traceback.  One test per item (1, 3, 4, 6, 7, 8, 9, 15, 17); models are untrained
-``ci`` models saved with ``make_checkpoint`` (no training), or stand-in scorers."""
+"""Predict / export: nothing a user owns is overwritten, nothing silently wrong, one line instead of
+a traceback (the training / evaluation cases are in tests/test_robust_run.py).  Each test names its
+case; models are untrained ``ci`` models saved with ``make_checkpoint`` (no training), or stand-in
+scorers."""
 import csv
 import errno
 import glob
