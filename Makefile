@@ -31,7 +31,7 @@ bench: $(STAMP)  # the short benches; bench/README.md lists the long ones (run t
 	$(BIN)/python bench/model_size.py
 	$(BIN)/python bench/train_bench.py
 	$(BIN)/python bench/speed.py --quick
-	@echo "long benches (hours; resumable): bench/bf16_quality.py, bench/fidelity_mtd.py, bench/cpu_preset.py, bench/speed.py (full) -- see bench/README.md"
+	@echo "long benches (hours; resumable): bench/bf16_quality.py, bench/budget.py, bench/fidelity_mtd.py, bench/cpu_preset.py, bench/speed.py (full) -- see bench/README.md"
 
 clean:
 	rm -rf runs notebooks/_executed

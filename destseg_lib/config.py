@@ -451,8 +451,8 @@ def parse_field(name: str, value, cls=None):
     hints = field_types(cls)
     if name not in hints:
         raise unknown_fields_error([name], cls)
-    if name in _LEGACY_SPELLINGS:
-        value = _LEGACY_SPELLINGS[name](value)
+    if name in _BOOLEAN_SPELLINGS:
+        value = _BOOLEAN_SPELLINGS[name](value)
     try:
         return _parse(hints[name], value)
     except _Mismatch:
@@ -460,7 +460,7 @@ def parse_field(name: str, value, cls=None):
                           f"fix the value (e.g. --set {name}=...)") from None
 
 
-def _legacy_amp(value):
+def _amp_from_boolean(value):
     """``amp`` was a bool (bf16 autocast on CUDA only): true / false, and their spellings (yes/no,
     1/0, on/off), read as "cuda" / "off"; the names are case-insensitive."""
     if isinstance(value, (bool, np.bool_, int, np.integer)) and value in (0, 1):
@@ -474,8 +474,9 @@ def _legacy_amp(value):
     return value
 
 
-# Fields whose earlier spellings still load (old configs, checkpoints, --set habits).
-_LEGACY_SPELLINGS = {"amp": _legacy_amp}
+# Fields that also accept a boolean (amp was one: configs and checkpoints that store true /
+# false still load, and --set amp=true still works).
+_BOOLEAN_SPELLINGS = {"amp": _amp_from_boolean}
 
 
 def unknown_fields_error(names, cls=None) -> ConfigError:

@@ -73,7 +73,7 @@ def cuda_bf16(device=None) -> bool:
 def resolve_precision(amp: str, device="cpu", flags=None) -> str:
     """``"float32"`` or ``"bf16"``: what ``amp`` (a config's field) means on ``device`` (see the
     module docstring); ``flags`` fakes the CPU's flags (tests)."""
-    from .config import parse_field  # the legacy spellings (True / "false" ...) too
+    from .config import parse_field  # boolean spellings (True / "false" ...) too
 
     amp = parse_field("amp", amp)
     kind = torch.device(device).type

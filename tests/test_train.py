@@ -53,6 +53,21 @@ def test_resume_reaches_the_same_weights(ci_cfg, toy_split, tmp_path, stop):
 
 
 @pytest.mark.slow
+def test_a_longer_run_stopped_early_has_the_shorter_runs_weights(ci_cfg, toy_split, tmp_path):
+    """Constant learning rates and batches that are a function of (seed, step): a run configured for
+    9 segmentation steps, stopped after 3 of them, holds the weights of a run configured for 3.
+    bench/budget.py scores a whole budget curve from one training on the strength of this."""
+    short = train_model(ci_cfg.replace(seg_steps=3), toy_split, tmp_path / "short", progress=False)
+    long = train_model(ci_cfg.replace(seg_steps=9), toy_split, tmp_path / "long", progress=False,
+                       stop_after=ci_cfg.student_steps + 3)
+    assert _same_weights(short.model, long.model)
+    assert [h["loss"] for h in long.history] == [h["loss"] for h in short.history]
+    more = train_model(ci_cfg.replace(seg_steps=9), toy_split, tmp_path / "long", progress=False,
+                       resume=True, stop_after=ci_cfg.student_steps + 5)  # and it goes on from there
+    assert len(more.history) == ci_cfg.student_steps + 5 and not _same_weights(short.model, more.model)
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_different_config(ci_cfg, toy_split, tmp_path):
     train_model(ci_cfg, toy_split, tmp_path, progress=False, stop_after=2)
     with pytest.raises(ValueError, match="config differs"):
