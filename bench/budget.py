@@ -142,8 +142,8 @@ def baseline_file(runs: Path, name: str) -> Path:
 
 
 def score_baseline(name, model, cfg, split, sets, runs: Path) -> None:
-    """The training-free NN-baseline on both halves (the same frozen teacher; no training budget), at
-    ``BASELINE_SIZE``."""
+    """The training-free NN-baseline on each scored set (the two halves and the whole split; the same
+    frozen teacher, no training budget), at ``BASELINE_SIZE``; its bank is fitted for each set."""
     c0 = time.process_time()
     base_cfg = cfg.replace(baseline_size=BASELINE_SIZE)
     res = {}
@@ -189,7 +189,7 @@ def report(rows: list[dict], base: dict) -> str:
              "percent, mean ± std over seeds; `val` / `held-out`: the two halves of the test split "
              "(`val_fraction=0.5`). CPU min: the training process's CPU time up to that point (all threads); "
              "wall min: minutes on this machine for training and scoring up to that point (the NN-baseline's: "
-             "its CPU minutes / 2, fitting and scoring both halves).",
+             "its CPU minutes / 2, fitting and scoring each set).",
              "", f"Machine: {os.cpu_count()} cores; {describe_precision('auto')}", ""]
     for name in DATASETS:
         groups = {k: v for k, v in _groups(rows).items() if k[0] == name}
