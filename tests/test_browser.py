@@ -265,7 +265,6 @@ def test_perlin_explorer_in_jupyterlab(lab, browser, tmp_path):
     after_text, seen = _wait_settled(page, label.inner_text, before_text, "the explorer's label")
     _wait_change(page, lambda: _image_src(box), before_src, "the explorer's picture")
     covered = lambda text: float(text.split("mask covers ")[1].split("%")[0])  # noqa: E731
-    print("labels seen after the key presses:", seen)
     assert covered(after_text) > covered(before_text), (before_t, after_t, before_text, seen)
     page.wait_for_timeout(500)
     box.screenshot(path=str(_screenshot_dir(tmp_path) / "perlin_explorer.png"))
