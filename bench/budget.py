@@ -66,27 +66,28 @@ SEG_MAX_IMAGES = 32000
 BASELINE_SIZE = 256
 
 
-def config(dataset: str, student_steps: int, seg_steps: int, seed: int, amp: str, data_root: Path):
+def config(student_steps: int, seg_steps: int, seed: int, amp: str, data_root: Path):
     return get_preset("quick", student_steps=student_steps, seg_steps=seg_steps, seed=seed, amp=amp,
                       baseline=False, val_fraction=0.5, checkpoint_every=100,
                       texture_dir=str(data_root / "dtd_subset" / "images"))
 
 
-def _halves(split, cfg):
+def _test_sets(split, cfg):
     """The two halves, and the whole test split (the paper's protocol: nothing held out)."""
     val, held_out = split_off_validation(split.test, cfg.val_fraction, cfg.val_seed)
     return {"val": TestImages.for_config(val, cfg), "held_out": TestImages.for_config(held_out, cfg),
             "whole": TestImages.for_config(split.test, cfg)}
 
 
-def _score(model, sets, cfg) -> dict:
+def _score(model, sets, cfg) -> tuple[dict, dict]:
+    """Metrics of DeSTSeg and DeST-only on each set, and the predictions (the baseline reuses them)."""
     precision = resolve_precision(cfg.amp, "cpu")
-    out = {}
+    out, all_preds = {}, {}
     for half, test_set in sets.items():
         preds = predict_dataset(model, test_set, top_t=cfg.top_t, progress=False, precision=precision)
         res = evaluate_predictions(preds)
-        out[half] = {m: {k: res[m][k] for k in KEYS} for m in ("DeSTSeg", "DeST")}
-    return out
+        out[half], all_preds[half] = {m: {k: res[m][k] for k in KEYS} for m in ("DeSTSeg", "DeST")}, preds
+    return out, all_preds
 
 
 def run_curve(name: str, student_images: int, seg_images: list[int], seed: int, amp: str, data_root: Path,
@@ -96,7 +97,7 @@ def run_curve(name: str, student_images: int, seg_images: list[int], seed: int, 
     s_steps, g_steps = student_images // BATCH, [g // BATCH for g in seg_images]
     # one config per (S, seed) whatever points are asked for: a curve started with fewer points can be
     # extended later (resume refuses a checkpoint of another config)
-    cfg = config(name, s_steps, max(g_steps + [SEG_MAX_IMAGES // BATCH]), seed, amp, data_root)
+    cfg = config(s_steps, max(g_steps + [SEG_MAX_IMAGES // BATCH]), seed, amp, data_root)
     out = runs / name / amp / f"s{student_images}" / f"seed{seed}"
     points_dir = out / "points"
     split = open_split(kind, data_root / sub, category)
@@ -116,9 +117,9 @@ def run_curve(name: str, student_images: int, seg_images: list[int], seed: int, 
         if step > spent["step"]:  # a resumed invocation adds only the steps it trained
             spent = {"step": step, "cpu_minutes": round(spent["cpu_minutes"] + train_cpu / 60, 2)}
             atomic_write_text(state_file, json.dumps(spent))
-        sets = sets or _halves(split, cfg)
+        sets = sets or _test_sets(split, cfg)
         c1 = time.process_time()
-        scores = _score(result.model, sets, cfg)
+        scores, preds = _score(result.model, sets, cfg)
         row = {"dataset": name, "seed": seed, "amp": amp, "precision": result.precision,
                "student_images": student_images, "seg_images": g_imgs, "student_steps": s_steps,
                "seg_steps": g, "batch": BATCH, "image_size": cfg.image_size,
@@ -133,7 +134,7 @@ def run_curve(name: str, student_images: int, seg_images: list[int], seed: int, 
               + " / ".join(f"{100 * d[k]:.1f}" for k in KEYS), flush=True)
         known = baseline_file(runs, name)
         if not known.exists() or set(json.loads(known.read_text())["scores"]) != set(sets):
-            score_baseline(name, result.model, cfg, split, sets, runs)
+            score_baseline(name, result.model, cfg, split, sets, preds, runs)
     return rows
 
 
@@ -141,15 +142,14 @@ def baseline_file(runs: Path, name: str) -> Path:
     return runs / name / "nn_baseline.json"
 
 
-def score_baseline(name, model, cfg, split, sets, runs: Path) -> None:
+def score_baseline(name, model, cfg, split, sets, preds_of, runs: Path) -> None:
     """The training-free NN-baseline on each scored set (the two halves and the whole split; the same
     frozen teacher, no training budget), at ``BASELINE_SIZE``; its bank is fitted for each set."""
     c0 = time.process_time()
     base_cfg = cfg.replace(baseline_size=BASELINE_SIZE)
     res = {}
-    for half, test_set in sets.items():
-        preds = predict_dataset(model, test_set, top_t=cfg.top_t, progress=False, precision="float32")
-        preds, info = add_baseline(preds, model, base_cfg, split.train, test_set)
+    for half, test_set in sets.items():  # the baseline's maps join the predictions just scored
+        preds, info = add_baseline(preds_of[half], model, base_cfg, split.train, test_set)
         r = evaluate_predictions(preds)[BASELINE_NAME]
         res[half] = {k: r[k] for k in KEYS}
     atomic_write_text(baseline_file(runs, name), json.dumps(
