@@ -41,7 +41,7 @@ from .textures import make_texture_source
 
 # Fields that may differ between an interrupted run and its resumption: engineering ones, and those of
 # the evaluation only (which test images are held out for the thresholds and how they are chosen).
-_ENGINEERING = {"num_workers", "checkpoint_every", "cache_images", "amp", "prefetch"}
+_ENGINEERING = {"num_workers", "checkpoint_every", "cache_images", "amp", "prefetch", "channels_last"}
 # A label, not a setting: the preset a config started from (the fields say what it is now).
 _LABELS = {"preset"}
 _EVALUATION_ONLY = {"val_fraction", "val_seed", "threshold_rule", "target_recall", "eval_size", "baseline",
@@ -390,6 +390,9 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
     last = out_dir / "checkpoints" / "last.pt"
 
     model = build_model(cfg).to(device)
+    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+    if cfg.channels_last:  # before the optimisers: their momentum buffers take the weights' layout
+        model = model.to(memory_format=memory_format)
     opt_student, opt_seg = make_optimizers(model, cfg)
     start, history = 0, []
     if resume and last.exists():
@@ -435,7 +438,7 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
             # a prefetching thread / workers that fell behind): the "data_wait" column of train_log.csv
             data_wait = time.perf_counter() - ready
             torch.manual_seed(_step_seed(cfg.seed, step))
-            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            batch = tuple(t.to(device, non_blocking=True, memory_format=memory_format) for t in batch)
             stage = stage_of(cfg, step)
             optimizer = opt_student if stage == 1 else opt_seg
             row = training_step(model, batch, cfg, stage, optimizer, precision, step)

@@ -107,3 +107,23 @@ def test_library_never_calls_cuda_itself():
     lib = Path(__file__).resolve().parents[1] / "destseg_lib"
     offenders = [str(p) for p in lib.rglob("*.py") if re.search(r"\.cuda\(\)", p.read_text())]
     assert offenders == []
+
+
+@pytest.mark.parametrize("aspp", ["official", "torchvision"])
+def test_aspp_keeps_channels_last_through_its_concatenation(aspp):
+    """The image-pooling branch (upsampled from 1x1, hence NCHW) follows the input's layout, so the
+    concatenation the fusing convolution reads is channels-last too (no conversion forward and
+    backward); the output is the NCHW model's."""
+    torch.manual_seed(0)
+    net = SegmentationNet(24, width=16, aspp=aspp).eval()
+    fuse = net.head[0].fuse if aspp == "official" else net.head[0].project
+    seen = []
+    fuse.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    x = torch.randn(2, 24, 12, 12)
+    with torch.no_grad():
+        ref = net(x)
+        net_cl = net.to(memory_format=torch.channels_last)
+        out = net_cl(x.contiguous(memory_format=torch.channels_last))
+    assert seen[0].is_contiguous() and seen[1].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[1].is_contiguous()
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
