@@ -1,6 +1,7 @@
 """The kit's earlier behaviour vs the official recipe on Magnetic Tile Defects (the fidelity switches).
 
-At the `quick` budget (128^2, batch 8, 200 + 100 steps, EfficientNet-Lite0, DTD subset textures):
+At the `quick` budget (128^2, batch 8, EfficientNet-Lite0, DTD subset textures; 200 + 100 steps in float32 when
+bench/results/fidelity_mtd.md was measured, 200 + 400 in bf16 now):
   * "earlier"  — the kit before the fidelity switches (torchvision ASPP, PyTorch init, augmented
                  textures, never-empty masks, cv2 resize, reflected rotation borders), 3 seeds;
   * "official" — the official recipe (the defaults of DeSTSegConfig), 3 seeds;
