@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import batch_of  # noqa: E402  (bench/ is not a package)
 
 from destseg_lib.config import get_preset  # noqa: E402
-from destseg_lib.fast import channels_last_batch, to_channels_last  # noqa: E402
 from destseg_lib.precision import native_bf16_cpu  # noqa: E402
-from destseg_lib.train import build_model, make_optimizers, training_step  # noqa: E402
+from destseg_lib.train import (build_model, channels_last_batch, make_optimizers,  # noqa: E402
+                               to_channels_last, training_step)
 
 DEFAULT_RESULTS = Path(__file__).resolve().parent / "results" / "compile_step"
 

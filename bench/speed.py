@@ -63,12 +63,12 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from destseg_lib.config import VARIANTS, get_preset
-from destseg_lib.fast import FastPredictor, available_cpus, channels_last_batch, to_channels_last
+from destseg_lib.fast import FastPredictor, available_cpus
 from destseg_lib.infer import predict, top_t_score
 from destseg_lib.losses import cosine_loss, segmentation_loss
 from destseg_lib.models import cosine_distance_maps, de_st_map, segmentation_input
 from destseg_lib.precision import native_bf16_cpu
-from destseg_lib.train import build_model, make_optimizers, training_step
+from destseg_lib.train import build_model, channels_last_batch, make_optimizers, to_channels_last, training_step
 
 DEFAULT_RESULTS = str(Path(__file__).parent / "results" / "speed")
 

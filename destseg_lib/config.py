@@ -164,8 +164,9 @@ class DeSTSegConfig:
     prefetch: int = 0
     # memory layout of the training step's weights and batches: False = PyTorch's default NCHW (the
     # official code's), True = channels-last (NHWC) for every network and batch.  The same maths
-    # summed in another order (oneDNN's NHWC kernels; bench/results/speed.md: stage 2 of the quick
-    # preset's model 24 % faster in bf16, 4 % in float32 on 2 cores).  Checkpoints load either way.
+    # summed in another order (oneDNN's NHWC kernels; bench/results/speed.md, Lite0 at 128², 2 cores:
+    # stage 2 42.2 instead of 54.0 ms per image in bf16, 148.5 instead of 163.2 in float32).
+    # Checkpoints load either way.
     channels_last: bool = False
     cache_images: bool = True
     preset: str = "paper"
@@ -570,10 +571,11 @@ PRESETS: dict[str, DeSTSegConfig] = {
     # MTD at this budget (bench/fidelity_mtd.py, 3 seeds; README "Fidelity"): +4.5 image AUROC,
     # +4.3 AUPRO, +7.1 IAP, the same pixel AP, -6.4 pixel AUROC against the official values.
     # Budget (bench/budget.py on MVTec AD bottle, chosen on the validation half of its test split, bf16):
-    # 1,600 student + 3,200 segmentation images, the most that trains and scores a category in <= 5 min
-    # on 2 cores.  At 800 segmentation images (100 steps, before) DeST-only beat DeSTSeg on the
-    # validation half's pixel AP (76.0 vs 75.4); at 3,200, DeSTSeg 79.2 pixel AP / 84.4 IAP against
-    # DeST-only's 76.0 / 77.6 (held-out half: 87.8 / 92.0 against 79.8 / 82.6).
+    # 1,600 student + 3,200 segmentation images, the best validation quality that trains and scores a
+    # category in <= 5 min on 2 cores (3.1 min).  At 800 segmentation images (100 steps, before)
+    # DeST-only beat DeSTSeg on the validation half's pixel AP (76.0 vs 75.4, one seed); at 3,200,
+    # 3 seeds, DeSTSeg 80.4 pixel AP / 85.8 IAP against DeST-only's 76.9 / 78.5 (held-out half:
+    # 88.0 / 92.9 against 80.2 / 83.3).
     "quick": DeSTSegConfig(
         preset="quick", image_size=128, batch_size=8, student_steps=200, seg_steps=400, seg_width=128,
         teacher="efficientnet_lite0", teacher_weights="imagenet", checkpoint_every=100, **QUICK_FIDELITY,

@@ -172,14 +172,3 @@ def set_threads(n: int | None = None) -> int:
     n = max(1, int(n or available_cpus()))
     torch.set_num_threads(n)
     return n
-
-
-def to_channels_last(model: nn.Module) -> nn.Module:
-    """``model`` converted in place to channels-last (NHWC) weights, for training too; feed it
-    channels-last inputs (:func:`channels_last_batch`).  Same maths, different memory order."""
-    return model.to(memory_format=torch.channels_last)
-
-
-def channels_last_batch(batch):
-    """A training batch (clean, anomalous, mask) with 4-D tensors in channels-last order."""
-    return tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in batch)

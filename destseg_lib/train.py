@@ -219,6 +219,17 @@ class PrefetchedBatches:
         self.close()
 
 
+def to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` converted in place to channels-last (NHWC) weights (``cfg.channels_last``); feed it
+    channels-last inputs (:func:`channels_last_batch`).  Same maths, different memory order."""
+    return model.to(memory_format=torch.channels_last)
+
+
+def channels_last_batch(batch):
+    """A training batch (clean, anomalous, mask) with 4-D tensors in channels-last order."""
+    return tuple(t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in batch)
+
+
 def batch_loader(batches, indices, num_workers: int = 0, prefetch: int = 0, pin_memory: bool = False):
     """The training batches ``batches[i]`` for ``i`` in ``indices``, in order: a DataLoader with
     ``num_workers`` processes (which prefetch themselves), else :class:`PrefetchedBatches` with
@@ -390,9 +401,8 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
     last = out_dir / "checkpoints" / "last.pt"
 
     model = build_model(cfg).to(device)
-    memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
     if cfg.channels_last:  # before the optimisers: their momentum buffers take the weights' layout
-        model = model.to(memory_format=memory_format)
+        model = to_channels_last(model)
     opt_student, opt_seg = make_optimizers(model, cfg)
     start, history = 0, []
     if resume and last.exists():
@@ -438,7 +448,9 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
             # a prefetching thread / workers that fell behind): the "data_wait" column of train_log.csv
             data_wait = time.perf_counter() - ready
             torch.manual_seed(_step_seed(cfg.seed, step))
-            batch = tuple(t.to(device, non_blocking=True, memory_format=memory_format) for t in batch)
+            batch = tuple(t.to(device, non_blocking=True) for t in batch)
+            if cfg.channels_last:
+                batch = channels_last_batch(batch)
             stage = stage_of(cfg, step)
             optimizer = opt_student if stage == 1 else opt_seg
             row = training_step(model, batch, cfg, stage, optimizer, precision, step)
