@@ -20,9 +20,12 @@ scored once per dataset and drawn as a line.
 
     DESTSEG_DATA=../shared/data python bench/budget.py                            # bottle, seed 0
     DESTSEG_DATA=../shared/data python bench/budget.py --datasets bottle mtd --seeds 0 1 2
+    DESTSEG_DATA=../shared/data python bench/budget.py --image-size 256 --student-images 1600 \
+        --seg-images 800 1600 3200                                                # at the paper's 256²
     python bench/budget.py --report                                               # table + figure only
 
-Resumable: runs live in ``runs/bench_budget/<dataset>/<amp>/s<S>/seed<N>`` and every scored point in
+Resumable: runs live in ``runs/bench_budget/<dataset>/<amp>/s<S>/seed<N>`` (``<amp>-256px`` at 256²) and
+every scored point in
 ``points/g<G>.json`` beside them; a killed study continues from the last checkpoint (``checkpoint_every``
 steps) and never rescores a point.  Writes ``bench/results/budget/budget.{md,json}`` and
 ``budget.png`` (each metric against CPU minutes, the paper's bottle row +- std as a band, the
@@ -67,10 +70,11 @@ SEG_MAX_IMAGES = 32000
 BASELINE_SIZE = 256
 
 
-def config(student_steps: int, seg_steps: int, seed: int, amp: str, data_root: Path):
+def config(student_steps: int, seg_steps: int, seed: int, amp: str, data_root: Path, image_size: int = 128):
     # channels_last=False: the study's curves were trained in NCHW (before the presets took channels-last,
     # which sums in another order and is faster); a curve extended later goes on the same way
-    return get_preset("quick", student_steps=student_steps, seg_steps=seg_steps, seed=seed, amp=amp,
+    return get_preset("quick", image_size=image_size, student_steps=student_steps, seg_steps=seg_steps,
+                      seed=seed, amp=amp,
                       baseline=False, val_fraction=0.5, checkpoint_every=100, channels_last=False,
                       texture_dir=str(data_root / "dtd_subset" / "images"))
 
@@ -93,15 +97,22 @@ def _score(model, sets, cfg) -> tuple[dict, dict]:
     return out, all_preds
 
 
+def run_dir(runs: Path, name: str, amp: str, student_images: int, seed: int, image_size: int = 128) -> Path:
+    """Where a curve lives: ``<dataset>/<amp>/s<S>/seed<N>`` at 128² (the study's size), ``<amp>-<size>px``
+    beside it at another input size."""
+    size = amp if image_size == 128 else f"{amp}-{image_size}px"
+    return runs / name / size / f"s{student_images}" / f"seed{seed}"
+
+
 def run_curve(name: str, student_images: int, seg_images: list[int], seed: int, amp: str, data_root: Path,
-              runs: Path) -> list[dict]:
+              runs: Path, image_size: int = 128) -> list[dict]:
     """Train (dataset, S, seed) through every G of ``seg_images``, scoring each; returns the points."""
     kind, sub, category = DATASETS[name]
     s_steps, g_steps = student_images // BATCH, [g // BATCH for g in seg_images]
     # one config per (S, seed) whatever points are asked for: a curve started with fewer points can be
     # extended later (resume refuses a checkpoint of another config)
-    cfg = config(s_steps, max(g_steps + [SEG_MAX_IMAGES // BATCH]), seed, amp, data_root)
-    out = runs / name / amp / f"s{student_images}" / f"seed{seed}"
+    cfg = config(s_steps, max(g_steps + [SEG_MAX_IMAGES // BATCH]), seed, amp, data_root, image_size)
+    out = run_dir(runs, name, amp, student_images, seed, image_size)
     points_dir = out / "points"
     split = open_split(kind, data_root / sub, category)
     sets = None
@@ -132,13 +143,38 @@ def run_curve(name: str, student_images: int, seg_images: list[int], seed: int, 
         atomic_write_text(point, json.dumps(row, indent=1))
         rows.append(row)
         d = scores["held_out"]["DeSTSeg"]
-        print(f"{name} S={student_images} G={g_imgs} seed {seed} ({result.precision}, "
+        print(f"{name} {image_size}² S={student_images} G={g_imgs} seed {seed} ({result.precision}, "
               f"{spent['cpu_minutes']:.1f} CPU min): held-out DeSTSeg "
               + " / ".join(f"{100 * d[k]:.1f}" for k in KEYS), flush=True)
         known = baseline_file(runs, name)
         if not known.exists() or set(json.loads(known.read_text())["scores"]) != set(sets):
             score_baseline(name, result.model, cfg, split, sets, preds, runs)
     return rows
+
+
+def fill_whole(runs: Path, data_root: Path) -> None:
+    """Score the whole test split for the final point of each finished curve that was scored before the
+    whole split was (its weights are the run's ``model.pt``; earlier points have no checkpoint left)."""
+    from destseg_lib.checkpoint import load_model
+    from destseg_lib.config import DeSTSegConfig
+
+    for model_file in sorted(runs.glob("*/*/s*/seed*/model.pt")):
+        cfg = DeSTSegConfig.from_dict(json.loads((model_file.parent / "config.json").read_text()))
+        point = model_file.parent / "points" / f"g{cfg.seg_steps * cfg.batch_size}.json"
+        if not point.exists():
+            continue
+        row = json.loads(point.read_text())
+        if "whole" in row["scores"]:
+            continue
+        kind, sub, category = DATASETS[row["dataset"]]
+        split = open_split(kind, data_root / sub, category)
+        model, _ = load_model(model_file)
+        whole = TestImages.for_config(split.test, cfg)
+        scores, _ = _score(model, {"whole": whole}, cfg)
+        row["scores"]["whole"] = scores["whole"]
+        atomic_write_text(point, json.dumps(row, indent=1))
+        d = scores["whole"]["DeSTSeg"]
+        print(f"{point}: whole split DeSTSeg " + " / ".join(f"{100 * d[k]:.1f}" for k in KEYS), flush=True)
 
 
 def baseline_file(runs: Path, name: str) -> Path:
@@ -182,8 +218,9 @@ def _agg(rows, half, method, key):
 def _groups(rows):
     out = {}
     for r in rows:
-        out.setdefault((r["dataset"], r["precision"], r["student_images"], r["seg_images"]), []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2], kv[0][3])))
+        key = (r["dataset"], r.get("image_size", 128), r["precision"], r["student_images"], r["seg_images"])
+        out.setdefault(key, []).append(r)
+    return dict(sorted(out.items()))
 
 
 def report(rows: list[dict], base: dict) -> str:
@@ -208,21 +245,21 @@ def report(rows: list[dict], base: dict) -> str:
             if not groups_h:
                 continue
             lines += [f"**{HALF_TITLES[half]}** (DeSTSeg; DeST-only pixel AP / IAP in the last column)", "",
-                      "| student imgs | seg imgs | precision | seeds | CPU min | wall min | "
+                      "| input | student imgs | seg imgs | precision | seeds | CPU min | wall min | "
                       + " | ".join(LABELS[k] for k in KEYS) + " | DeST pixel AP / IAP |",
-                      "|---:|---:|---|---:|---:|---:|" + "---:|" * (len(KEYS) + 1)]
-            for (_, prec, s, g), rs in groups_h.items():
+                      "|---:|---:|---:|---|---:|---:|---:|" + "---:|" * (len(KEYS) + 1)]
+            for (_, size, prec, s, g), rs in groups_h.items():
                 cells = []
                 for k in KEYS:
                     m, sd = _agg(rs, half, "DeSTSeg", k)
                     cells.append(f"{m:.1f}" + ("" if sd is None else f" ± {sd:.1f}"))
                 dest = "{:.1f} / {:.1f}".format(_agg(rs, half, "DeST", "pixel_ap")[0], _agg(rs, half, "DeST", "iap")[0])
                 cpu, wall = (np.mean([r[k] for r in rs]) for k in ("train_cpu_minutes", "wall_minutes"))
-                lines.append(f"| {s:,} | {g:,} | {prec} | {len(rs)} | {cpu:.1f} | {wall:.1f} | " + " | ".join(cells)
+                lines.append(f"| {size}² | {s:,} | {g:,} | {prec} | {len(rs)} | {cpu:.1f} | {wall:.1f} | " + " | ".join(cells)
                              + f" | {dest} |")
             if name in base and half in base[name]["scores"]:
                 b = base[name]["scores"][half]
-                lines.append("| NN-baseline (256²) | — | float32 | — | 0 | "
+                lines.append("| 256² | NN-baseline | — | float32 | — | 0 | "
                              f"{base[name]['cpu_minutes'] / 2:.1f} | " + " | ".join(f"{100 * b[k]:.1f}" for k in KEYS) + " | |")
             lines.append("")
     return "\n".join(lines)
@@ -251,8 +288,7 @@ def figure(rows: list[dict], base: dict, path: Path) -> None:
     colour_of = dict(zip(all_students, plt.cm.viridis(np.linspace(0, 0.8, max(len(all_students), 1)))))
     for i, name in enumerate(names):
         groups = {k: v for k, v in _groups(rows).items() if k[0] == name}
-        students = sorted({k[2] for k in groups})
-        colours = [colour_of[s] for s in students]
+        curves = sorted({(k[1], k[3]) for k in groups})  # (input size, student images)
         for j, key in enumerate(KEYS):
             ax = axes[2 * i + j // 3, j % 3]
             if name == "bottle" and key in PAPER_BOTTLE:
@@ -263,13 +299,17 @@ def figure(rows: list[dict], base: dict, path: Path) -> None:
                 ax.axhline(100 * base[name]["scores"]["held_out"][key], color="k", ls="--", lw=1,
                            label="NN-baseline (no training, 256²)")
             xs = []
-            for c, s in zip(colours, students):
-                pts = sorted((k[3], v) for k, v in groups.items() if k[2] == s)
+            for size, s in curves:
+                c = colour_of[s]
+                pts = sorted((k[4], v) for k, v in groups.items() if (k[1], k[3]) == (size, s))
+                tag = "" if size == 128 else f", {size}² input"
+                marker = "o" if size == 128 else "s"
                 x = [np.mean([r["wall_minutes"] for r in rs]) for _, rs in pts]
                 y = [_agg(rs, "held_out", "DeSTSeg", key)[0] for _, rs in pts]
                 yd = [_agg(rs, "held_out", "DeST", key)[0] for _, rs in pts]
-                ax.plot(x, y, "o-", color=c, label=f"DeSTSeg, student {_images_label(s)} images")
-                ax.plot(x, yd, "x:", color=c, alpha=0.7, label=f"DeST-only, student {_images_label(s)} images")
+                ax.plot(x, y, marker + ("-" if size == 128 else "--"), color=c,
+                        label=f"DeSTSeg, student {_images_label(s)} images{tag}")
+                ax.plot(x, yd, "x:", color=c, alpha=0.7, label=f"DeST-only, student {_images_label(s)} images{tag}")
                 last_x = None
                 for (g, _), xx, yy in zip(pts, x, y):
                     if last_x is None or xx / last_x > 1.08 or (g, _) == pts[-1]:  # no labels on top of each other
@@ -295,7 +335,7 @@ def figure(rows: list[dict], base: dict, path: Path) -> None:
                 handles.append(h)
                 labels.append(lab)
     fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8.5, frameon=False)
-    fig.suptitle("DeSTSeg vs training budget, 128², bf16 where native (point labels: segmentation-stage "
+    fig.suptitle("DeSTSeg vs training budget, 128² input unless named, bf16 where native (point labels: segmentation-stage "
                  "synthetic images;\neach point the mean over the seeds run there: budget.md gives how many)",
                  fontsize=11)
     fig.tight_layout(rect=(0, 0.032 * ((len(labels) + 1) // 2 + 1) / len(names), 1, 0.955))
@@ -323,23 +363,30 @@ def main(argv=None) -> int:
     ap.add_argument("--seg-images", nargs="+", type=int, default=[800, 1600, 3200, 6400, 12800, 32000],
                     help="segmentation-stage synthetic images at which each training is scored")
     ap.add_argument("--amp", default="auto", choices=["auto", "off", "bf16"])
+    ap.add_argument("--image-size", type=int, default=128,
+                    help="input side (the study's 128; 256, the paper's, costs ~3x per image)")
     ap.add_argument("--runs", type=Path, default=Path("runs/bench_budget"))
     ap.add_argument("--out", type=Path, default=HERE / "results" / "budget")
     ap.add_argument("--threads", type=int, default=None, help="intra-op threads (default: torch's)")
     ap.add_argument("--report", action="store_true", help="only rewrite the table and figure from the runs")
+    ap.add_argument("--fill-whole", action="store_true",
+                    help="score the whole split for finished curves' final points scored before it was")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     for n in args.student_images + args.seg_images:
         if n % BATCH:
             ap.error(f"{n} images: a multiple of the batch size {BATCH}")
-    if not args.report:
+    if args.fill_whole:
+        fill_whole(args.runs, Path(os.environ.get("DESTSEG_DATA", HERE.parent.parent / "shared" / "data")))
+    elif not args.report:
         data_root = Path(os.environ.get("DESTSEG_DATA", HERE.parent.parent / "shared" / "data"))
         print(describe_precision(args.amp), flush=True)
         for name in args.datasets:
             for s in args.student_images:
                 for seed in args.seeds:
-                    run_curve(name, s, sorted(args.seg_images), seed, args.amp, data_root, args.runs)
+                    run_curve(name, s, sorted(args.seg_images), seed, args.amp, data_root, args.runs,
+                              args.image_size)
                     write_outputs(args.runs, args.out)
     print(write_outputs(args.runs, args.out))
     return 0

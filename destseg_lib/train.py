@@ -253,18 +253,46 @@ def build_model(cfg: DeSTSegConfig) -> DeSTSeg:
 
 
 def make_optimizers(model: DeSTSeg, cfg: DeSTSegConfig):
-    """SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks (and PFADSeg's adaptive
-    fusion in front of them), 0.01 seg head (ASPP and convs).
+    """The paper's: SGD (momentum 0.9, wd 1e-4): lr 0.4 student; 0.1 seg residual blocks (and
+    PFADSeg's adaptive fusion in front of them), 0.01 seg head (ASPP and convs).  ``optimizer="adamw"``
+    (a lever, not the paper's): AdamW with the same groups, rates and weight decay.
     The second optimiser is None for a DeST-only model (no segmentation net)."""
-    kw = dict(momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    student = torch.optim.SGD(model.student.parameters(), lr=cfg.lr_student, **kw)
+    if cfg.optimizer == "adamw":
+        def make(groups, lr):
+            return torch.optim.AdamW(groups, lr=lr, weight_decay=cfg.weight_decay)
+    else:
+        def make(groups, lr):
+            return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    student = make(model.student.parameters(), cfg.lr_student)
     if model.segmentation is None:
         return student, None
     net = model.segmentation
     front = list(net.res.parameters()) + (list(net.fusion.parameters()) if net.fusion is not None else [])
-    seg = torch.optim.SGD([{"params": front, "lr": cfg.lr_seg_res},  # PFADSeg's fusion with the res blocks
-                           {"params": net.head.parameters(), "lr": cfg.lr_seg_head}], **kw)
+    seg = make([{"params": front, "lr": cfg.lr_seg_res},  # PFADSeg's fusion with the res blocks
+                {"params": list(net.head.parameters()), "lr": cfg.lr_seg_head}], cfg.lr_seg_res)
     return student, seg
+
+
+def lr_factor(cfg: DeSTSegConfig, step: int) -> float:
+    """The multiple of its stage's base rates that training step ``step`` (0-based, over both stages)
+    uses: 1 throughout with the paper's ``lr_schedule="constant"`` and ``warmup_steps=0``.  Each stage
+    has its own schedule: ``warmup_steps`` of linear warm-up ((k + 1) / warmup at its k-th step), then
+    "cosine" decays from 1 towards 0 over the stage's remaining steps (0.5 (1 + cos(pi t)), t the
+    share of them done).  A function of the step alone, so a resumed run continues it exactly."""
+    stage = stage_of(cfg, step)
+    k = step if stage == 1 else step - cfg.student_steps
+    length = cfg.student_steps if stage == 1 else cfg.seg_steps
+    warmup = min(cfg.warmup_steps, length)
+    if k < warmup:
+        return (k + 1) / warmup
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (k - warmup) / max(1, length - warmup)))
+    return 1.0
+
+
+def _set_rates(optimizer, base_rates: list[float], factor: float) -> None:
+    for group, base in zip(optimizer.param_groups, base_rates):
+        group["lr"] = base * factor
 
 
 def stage_of(cfg: DeSTSegConfig, step: int) -> int:
@@ -355,7 +383,7 @@ def _write_log(history: list[dict], out_dir: Path) -> None:
     if not history:
         return
     keys = sorted({k for h in history for k in h},
-                  key=["step", "stage", "loss", "focal", "l1", "seconds", "data_wait"].index)
+                  key=["step", "stage", "loss", "focal", "l1", "lr", "seconds", "data_wait"].index)
     buf = io.StringIO(newline="")
     w = csv.DictWriter(buf, fieldnames=keys)
     w.writeheader()
@@ -404,6 +432,8 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
     if cfg.channels_last:  # before the optimisers: their momentum buffers take the weights' layout
         model = to_channels_last(model)
     opt_student, opt_seg = make_optimizers(model, cfg)
+    # each group's own rate (lr_factor scales it per step; a checkpoint's optimiser holds the last one)
+    base_rates = {id(o): [g["lr"] for g in o.param_groups] for o in (opt_student, opt_seg) if o is not None}
     start, history = 0, []
     if resume and last.exists():
         ckpt = read_checkpoint(last)
@@ -453,8 +483,11 @@ def training_loop(cfg, split, out_dir, device, resume, progress, stop_after, cal
                 batch = channels_last_batch(batch)
             stage = stage_of(cfg, step)
             optimizer = opt_student if stage == 1 else opt_seg
+            factor = lr_factor(cfg, step)
+            _set_rates(optimizer, base_rates[id(optimizer)], factor)
             row = training_step(model, batch, cfg, stage, optimizer, precision, step)
             del row["loss_tensor"]
+            row["lr"] = float(f"{optimizer.param_groups[0]['lr']:.6g}")
             row["seconds"] = round(time.perf_counter() - t0, 3)
             row["data_wait"] = round(data_wait, 4)
             history.append(row)

@@ -70,8 +70,8 @@ def test_cpu_presets_use_bf16_where_native_paper_and_ci_stay_float32():
     """bf16 is on ("auto") only in the presets bench/bf16_quality.py cleared (bf16 within one seed's std
     of float32 on every metric, bottle and MTD, 3 seeds); the paper's float32 stays the paper preset's,
     and ci's (the tests compare numbers across machines)."""
-    assert {name: get_preset(name).amp for name in ("paper", "quick", "cpu10", "cpu", "ci")} == {
-        "paper": "off", "quick": "auto", "cpu10": "auto", "cpu": "auto", "ci": "off"}
+    assert {name: get_preset(name).amp for name in ("paper", "quick", "cpu10", "cpu30", "cpu", "ci")} == {
+        "paper": "off", "quick": "auto", "cpu10": "auto", "cpu30": "auto", "cpu": "auto", "ci": "off"}
 
 
 @pytest.mark.parametrize("old, new", [(False, "off"), (True, "cuda"), ("false", "off"), ("true", "cuda"),
