@@ -218,7 +218,7 @@ def _agg(rows, half, method, key):
 def _groups(rows):
     out = {}
     for r in rows:
-        key = (r["dataset"], r.get("image_size", 128), r["precision"], r["student_images"], r["seg_images"])
+        key = (r["dataset"], r["image_size"], r["precision"], r["student_images"], r["seg_images"])
         out.setdefault(key, []).append(r)
     return dict(sorted(out.items()))
 
@@ -377,10 +377,10 @@ def main(argv=None) -> int:
     for n in args.student_images + args.seg_images:
         if n % BATCH:
             ap.error(f"{n} images: a multiple of the batch size {BATCH}")
+    data_root = Path(os.environ.get("DESTSEG_DATA", HERE.parent.parent / "shared" / "data"))
     if args.fill_whole:
-        fill_whole(args.runs, Path(os.environ.get("DESTSEG_DATA", HERE.parent.parent / "shared" / "data")))
+        fill_whole(args.runs, data_root)
     elif not args.report:
-        data_root = Path(os.environ.get("DESTSEG_DATA", HERE.parent.parent / "shared" / "data"))
         print(describe_precision(args.amp), flush=True)
         for name in args.datasets:
             for s in args.student_images:

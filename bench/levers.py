@@ -76,8 +76,7 @@ def run_lever(name: str, lever: str, seed: int, amp: str, data_root: Path, runs:
     if scores_file.exists():
         return json.loads(scores_file.read_text())
     if lever == "sgd":  # the budget study's point of the same config and seed
-        point = (budget_runs(runs) / name / amp / f"s{STUDENT_IMAGES}" / f"seed{seed}" / "points"
-                 / f"g{SEG_IMAGES}.json")
+        point = budget.run_dir(budget_runs(runs), name, amp, STUDENT_IMAGES, seed) / "points" / f"g{SEG_IMAGES}.json"
         if not point.exists():
             raise SystemExit(f"{point} is missing: run bench/budget.py --datasets {name} --seeds {seed} "
                              f"--student-images {STUDENT_IMAGES} first (the reference row)")
